@@ -1,0 +1,22 @@
+"""kseg: Keras image segmentation, from training to int8 TFLite on the edge.
+
+Heavy imports (TensorFlow, Keras) happen on first use so that the TF-free parts
+(``kseg.metrics``, ``kseg.viz``) serve the edge runtime on a device without TensorFlow.
+
+Example:
+    >>> import kseg
+    >>> model = kseg.create_model("unet", num_classes=2, input_shape=(256, 256, 3))
+    >>> "deeplabv3plus" in kseg.list_models()
+    True
+"""
+
+__version__ = "0.1.0"
+__all__ = ["create_model", "list_models", "register_model", "__version__"]
+
+
+def __getattr__(name):
+    if name in ("create_model", "list_models", "register_model"):
+        from kseg.models import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module 'kseg' has no attribute {name!r}")

@@ -1,0 +1,48 @@
+"""One registry for every model family (timm style): ``register_model``, ``create_model``, ``list_models``."""
+
+import fnmatch
+
+_MODELS = {}
+
+
+def register_model(fn=None, *, name=None):
+    """Decorator registering a builder ``fn(num_classes, input_shape, **kw) -> keras.Model``."""
+
+    def wrap(f):
+        key = name or f.__name__
+        if key in _MODELS and _MODELS[key] is not f:
+            raise ValueError(f"model {key!r} is registered twice")
+        _MODELS[key] = f
+        return f
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _load_builtin_models():
+    import kseg.models  # noqa: F401  (registers the built-in builders on import)
+
+
+def list_models(pattern="*"):
+    """Sorted names of registered models, optionally filtered by a glob pattern."""
+    _load_builtin_models()
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def get_builder(name):
+    _load_builtin_models()
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
+def create_model(name, **kwargs):
+    """Build a registered model by name.
+
+    Args:
+        name: a name from ``list_models()``.
+        **kwargs: builder arguments (``num_classes``, ``input_shape``, ``backbone``, ...).
+
+    Returns:
+        A ``keras.Model`` mapping raw RGB pixels in [0, 255] to per-pixel logits.
+    """
+    return get_builder(name)(**kwargs)
