@@ -1,0 +1,43 @@
+"""LiteRT interpreter loading: ai-edge-litert first, tflite-runtime as fallback, EdgeTPU delegate when present."""
+
+import os
+
+from kseg.errors import ModelFileError
+
+try:
+    from ai_edge_litert.interpreter import Interpreter, load_delegate
+except ImportError:  # pragma: no cover - devices with only tflite-runtime
+    from tflite_runtime.interpreter import Interpreter, load_delegate
+
+
+def load_interpreter(model_path=None, model_content=None, num_threads=None, edgetpu=False):
+    """Create and allocate an interpreter.
+
+    Args:
+        model_path: path to a ``.tflite`` file (or pass ``model_content`` bytes).
+        num_threads: XNNPACK threads; ``None`` lets LiteRT decide.
+        edgetpu: try ``libedgetpu.so.1``; on failure fall back to the CPU and say so.
+    """
+    if model_path is not None and not os.path.isfile(model_path):
+        raise ModelFileError(f"model file not found: {model_path}")
+    delegates = []
+    if edgetpu:
+        try:
+            delegates.append(load_delegate("libedgetpu.so.1"))
+        except (OSError, ValueError) as e:
+            print(f"kseg-edge: EdgeTPU delegate unavailable ({e}); running on the CPU")
+    try:
+        interp = Interpreter(model_path=model_path, model_content=model_content,
+                             num_threads=num_threads, experimental_delegates=delegates or None)
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise ModelFileError(f"{model_path or '<bytes>'} is not a valid TFLite model: {e}") from None
+    return interp
+
+
+def run_once(interp, x):
+    """Invoke on one batch-1 input array (already in the model's input dtype); return output 0."""
+    inp = interp.get_input_details()[0]
+    interp.set_tensor(inp["index"], x.astype(inp["dtype"], copy=False))
+    interp.invoke()
+    return interp.get_tensor(interp.get_output_details()[0]["index"])

@@ -1,0 +1,1 @@
+"""Optimise and convert trained kseg models: TFLite float32 / float16 / dynamic / full int8."""

@@ -1,0 +1,19 @@
+import os
+
+# Keep TensorFlow quiet and deterministic enough for tests on a 2-core machine.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PYTHONHASHSEED", "0")
+
+import pathlib
+
+import pytest
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
+MEMBRANE = SHARED / "data" / "isbi2012-membrane"
+
+
+@pytest.fixture
+def membrane_dir():
+    if not (MEMBRANE / "train" / "image").is_dir():
+        pytest.skip(f"real ISBI membrane data not found at {MEMBRANE} (it ships in ../shared beside the checkout)")
+    return MEMBRANE
