@@ -1,0 +1,33 @@
+"""Verification of an exported model against its Keras source, through the shared metrics engine."""
+
+import numpy as np
+
+
+def compare_on_split(keras_model, tflite_path, data_cfg, split="val"):
+    """Score the Keras model and the TFLite model (run by the edge runtime) on the same images.
+
+    Returns:
+        ``keras_miou``, ``tflite_miou``, ``agreement`` (fraction of pixels where both predict the same
+        class) and ``num_images``.
+    """
+    from edge.runtime import Segmenter
+    from kseg.data import build_dataset
+    from kseg.metrics import ConfusionMatrix
+
+    num_classes = int(data_cfg["num_classes"])
+    ignore = int(data_cfg.get("ignore_index", 255))
+    seg = Segmenter(tflite_path)
+    cm_keras, cm_lite = ConfusionMatrix(num_classes, ignore), ConfusionMatrix(num_classes, ignore)
+    same = total = n = 0
+    for images, labels in build_dataset(data_cfg, split, batch_size=1, augment=False, shuffle=False):
+        image, label = images.numpy()[0], labels.numpy()[0]
+        pred_keras = np.argmax(keras_model(images, training=False).numpy()[0], axis=-1)
+        # the runtime takes BGR frames, as a camera gives them
+        pred_lite = seg.segment(np.ascontiguousarray(image[..., ::-1].astype(np.uint8)))
+        cm_keras.update(label, pred_keras)
+        cm_lite.update(label, pred_lite)
+        same += int((pred_keras == pred_lite).sum())
+        total += pred_keras.size
+        n += 1
+    return {"keras_miou": float(cm_keras.miou()), "tflite_miou": float(cm_lite.miou()),
+            "agreement": same / max(total, 1), "num_images": n}

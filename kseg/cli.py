@@ -1,0 +1,105 @@
+"""The ``kseg`` command: train, evaluate, predict, export, run, demo.
+
+Example:
+    kseg train configs/unet_membrane-512x512.yaml train.epochs=5
+    kseg evaluate configs/unet_membrane-512x512.yaml --model runs/unet_membrane-512x512/best.keras
+    kseg predict runs/unet_membrane-512x512/best.keras image.png --out preds/
+    kseg export runs/unet_membrane-512x512/best.keras --to int8 --config configs/unet_membrane-512x512.yaml
+    kseg run model_int8.tflite --source 0
+"""
+
+import argparse
+import sys
+
+from kseg.errors import KsegError
+
+
+def _add_config(p):
+    p.add_argument("config", help="experiment YAML file (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3")
+
+
+def _parser():
+    ap = argparse.ArgumentParser(prog="kseg", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a config (resumes an interrupted run)")
+    _add_config(p)
+    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+
+    p = sub.add_parser("evaluate", help="per-class table and a report with pictures")
+    _add_config(p)
+    p.add_argument("--model", help="a .keras or .tflite model (default: the run's best.keras)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--out", help="report folder (default: <run dir>/report-<split>)")
+    p.add_argument("--samples", type=int, default=8, help="overlay pictures in the report")
+
+    p = sub.add_parser("predict", help="write masks and overlays for an image or a folder")
+    p.add_argument("model", help="a .keras model")
+    p.add_argument("input", help="an image file or a folder of images")
+    p.add_argument("--out", default="predictions", help="output folder")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+
+    p = sub.add_parser("export", help="convert a trained model to TFLite")
+    p.add_argument("model", help="a .keras model")
+    p.add_argument("--to", default="int8", choices=("float32", "float16", "dynamic", "int8"))
+    p.add_argument("--config", help="the training config (its data calibrates int8 and verifies the export)")
+    p.add_argument("--out", help="output .tflite path (default: beside the model)")
+    p.add_argument("--calibration", type=int, default=64, help="training images used to calibrate int8")
+
+    p = sub.add_parser("run", help="run a .tflite model on a camera, video or images (kseg-edge run)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of kseg-edge run")
+
+    p = sub.add_parser("demo", help="train, export to int8, run on the edge runtime, report (make demo)")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--minutes", type=float, default=3.0, help="training time budget")
+    return ap
+
+
+def _run(args):
+    if args.command == "train":
+        from kseg.config import load_config
+        from kseg.train import train
+
+        result = train(load_config(args.config, args.overrides), verbose=0 if args.quiet else 1)
+        print(f"best val mIoU {result['best_miou']:.4f}; run folder {result['run_dir']}")
+    elif args.command == "evaluate":
+        from kseg.config import load_config
+        from kseg.evaluate import evaluate
+
+        evaluate(load_config(args.config, args.overrides), model_path=args.model, split=args.split,
+                 out_dir=args.out, num_samples=args.samples)
+    elif args.command == "predict":
+        from kseg.predict import predict
+
+        predict(args.model, args.input, args.out, alpha=args.alpha)
+    elif args.command == "export":
+        from export.api import export_model
+
+        export_model(args.model, mode=args.to, config_path=args.config, out_path=args.out,
+                     num_calibration=args.calibration)
+    elif args.command == "run":
+        from edge.cli import main as edge_main
+
+        return edge_main(["run", *args.args])
+    elif args.command == "demo":
+        from kseg.demo import demo
+
+        demo(args.out, minutes=args.minutes)
+    return 0
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KsegError as e:
+        print(f"kseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nkseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
