@@ -53,7 +53,7 @@ def export_model(model_path, mode="int8", config_path=None, out_path=None, num_c
     calib = calibration_images(cfg["data"], num_calibration) if mode == "int8" else None
     data = to_tflite(model, mode, representative_data=calib)
     write_atomic(out_path, data)
-    meta = {"input_size": [int(d) for d in model.inputs[0].shape[1:3]], "normalization": "raw_0_255",
+    meta = {"input_size": [int(d) for d in model.inputs[0].shape[1:3]], "normalization": "raw",
             "output_kind": "logits", "mode": mode}
     if cfg is not None:
         from kseg.data import class_info

@@ -20,14 +20,15 @@ def compare_on_split(keras_model, tflite_path, data_cfg, split="val"):
     cm_keras, cm_lite = ConfusionMatrix(num_classes, ignore), ConfusionMatrix(num_classes, ignore)
     same = total = n = 0
     for images, labels in build_dataset(data_cfg, split, batch_size=1, augment=False, shuffle=False):
-        image, label = images.numpy()[0], labels.numpy()[0]
-        pred_keras = np.argmax(keras_model(images, training=False).numpy()[0], axis=-1)
-        # the runtime takes BGR frames, as a camera gives them
-        pred_lite = seg.segment(np.ascontiguousarray(image[..., ::-1].astype(np.uint8)))
+        # both models see the same uint8 pixels, as a camera would give them
+        image = np.clip(np.round(images.numpy()[0]), 0, 255).astype(np.uint8)
+        label = labels.numpy()[0]
+        pred_keras = np.argmax(keras_model(image[None].astype(np.float32), training=False).numpy()[0], axis=-1)
+        pred_lite = seg.segment(image, rgb=True).mask
         cm_keras.update(label, pred_keras)
         cm_lite.update(label, pred_lite)
         same += int((pred_keras == pred_lite).sum())
         total += pred_keras.size
         n += 1
-    return {"keras_miou": float(cm_keras.miou()), "tflite_miou": float(cm_lite.miou()),
+    return {"keras_miou": float(cm_keras.mean_iou()), "tflite_miou": float(cm_lite.mean_iou()),
             "agreement": same / max(total, 1), "num_images": n}
