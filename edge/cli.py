@@ -1,0 +1,249 @@
+"""``kseg-edge``: live segmentation of a camera, stream, video or image folder, and a latency benchmark.
+
+Usage:
+    kseg-edge run MODEL.tflite --source 0|video.mp4|rtsp://..|folder [--out out.mp4|outdir] [--headless]
+                  [--threads N] [--edgetpu] [--alpha A] [--letterbox] [--mode overlay|mask|side] [--smooth S]
+    kseg-edge bench MODEL.tflite [--threads 1 2] [--frames N] [--size 640x480]
+
+Keys in the window: ``m`` next view (overlay / mask / side by side), ``s`` save the frame, ``q`` or Esc quit.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import cv2
+import numpy as np
+
+from edge.pipeline import Pipeline, latency_ms
+from edge.runtime import Segmenter
+from edge.sources import GeneratedSource, open_source
+from kseg import viz
+from kseg.errors import KsegError
+
+MODES = ("overlay", "mask", "side")
+VIDEO_EXTENSIONS = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
+WINDOW = "kseg-edge"
+
+
+class OutputError(KsegError):
+    """The output file or folder cannot be written, or no window can be opened."""
+
+
+def main(argv=None):
+    """Entry point of ``kseg-edge``; returns the exit code (2 for errors a user can fix)."""
+    args = _parser().parse_args(argv)
+    log = logging.getLogger("kseg.edge")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("kseg-edge: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    try:
+        return args.func(args)
+    except KsegError as e:
+        print(f"kseg-edge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="kseg-edge", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_args(s):
+        s.add_argument("model", help="the .tflite model (a MODEL.tflite.json beside it supplies labels and palette)")
+        s.add_argument("--edgetpu", action="store_true", help="use a Coral EdgeTPU when one is attached")
+        s.add_argument("--letterbox", action="store_true", help="keep the aspect ratio (pad) instead of stretching")
+        s.add_argument("--labels", help="class names, one a line (overrides the model's metadata)")
+
+    run = sub.add_parser("run", help="segment a camera, stream, video or image folder")
+    model_args(run)
+    run.add_argument("--source", required=True, help="camera index, rtsp/http URL, video file, image or folder")
+    run.add_argument("--out", help="write the views: a video (.mp4 .avi .mkv .mov) or a folder of PNGs")
+    run.add_argument("--headless", action="store_true", help="no window (on a device without a display)")
+    run.add_argument("--threads", type=int, help="interpreter threads (default: LiteRT decides)")
+    run.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    run.add_argument("--mode", choices=MODES, default="overlay", help="first view; key m cycles them")
+    run.add_argument("--smooth", type=float, default=0.0, help="EMA weight of past frames' scores, [0, 1)")
+    run.add_argument("--realtime", action="store_true",
+                     help="play a video file at its frame rate and drop frames inference cannot keep up with "
+                          "(default for files: process every frame)")
+    run.add_argument("--max-frames", type=int, help="stop after this many frames")
+    run.set_defaults(func=_run)
+
+    bench = sub.add_parser("bench", help="latency and FPS of invoke alone and of the whole pipeline")
+    model_args(bench)
+    bench.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts to compare")
+    bench.add_argument("--frames", type=int, default=200, help="frames per measurement (default 200)")
+    bench.add_argument("--size", type=_size, default=(640, 480), help="generated frame size WxH (default 640x480)")
+    bench.set_defaults(func=_bench)
+    return p
+
+
+def _size(text):
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WxH like 640x480, got {text!r}") from None
+    return w, h
+
+
+def _segmenter(args, threads, smoothing=0.0):
+    return Segmenter(args.model, num_threads=threads, edgetpu=args.edgetpu,
+                     resize="letterbox" if args.letterbox else "stretch", labels=args.labels, smoothing=smoothing)
+
+
+def render(image, mask, mode, palette, alpha):
+    """The view of one BGR frame: the overlay, the colour mask alone, or frame and overlay side by side."""
+    if mode == "mask":
+        return viz.colorize(mask, palette[:, ::-1])
+    view = viz.overlay(image, mask, alpha, palette)
+    return np.concatenate([image, view], axis=1) if mode == "side" else view
+
+
+def draw_text(image, text):
+    """Draw ``text`` at the top left, scaled to the image, white on a dark outline (readable on any scene)."""
+    scale = max(0.35, image.shape[1] / 1400)
+    origin = (6, int(8 + 22 * scale))
+    for color, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+        cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
+
+
+class Sink:
+    """Writes views to a video (created at the first frame, with its size) or to ``folder/NAME.png``."""
+
+    def __init__(self, path, fps):
+        self.path, self.fps, self._video = path, fps, None
+        self.fourcc = VIDEO_EXTENSIONS.get(os.path.splitext(path)[1].lower())
+        folder = os.path.dirname(os.path.abspath(path)) if self.fourcc else path
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create output folder {folder}: {e.strerror}") from None
+
+    def write(self, name, view):
+        if self.fourcc is None:
+            if not cv2.imwrite(os.path.join(self.path, f"{name}.png"), view):
+                raise OutputError(f"cannot write {os.path.join(self.path, name)}.png")
+            return
+        if self._video is None:
+            self._size = (view.shape[1], view.shape[0])
+            self._video = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*self.fourcc), self.fps, self._size)
+            if not self._video.isOpened():
+                raise OutputError(f"cannot write video {self.path} (codec {self.fourcc}); try .avi or a folder")
+        if (view.shape[1], view.shape[0]) != self._size:  # the view mode changed mid-video; a video has one size
+            view = cv2.resize(view, self._size, interpolation=cv2.INTER_AREA)
+        self._video.write(view)
+
+    def close(self):
+        if self._video is not None:
+            self._video.release()
+
+
+def _run(args):
+    segmenter = _segmenter(args, args.threads, args.smooth)
+    source = open_source(args.source)
+    sink = Sink(args.out, source.fps) if args.out else None
+    snapshots = args.out if sink and sink.fourcc is None else "."
+    mode, frames, fps, latencies, dropped = args.mode, 0, 0.0, [], 0
+    if not args.headless:
+        _open_window()
+    start = last = time.perf_counter()
+    try:
+        with Pipeline(source, segmenter, keep_all=False if args.realtime else None, pace=args.realtime) as pipe:
+            for out in pipe:
+                view = render(out.frame.image, out.result.mask, mode, segmenter.palette, args.alpha)
+                now = time.perf_counter()
+                rate = 1.0 / max(now - last, 1e-6)
+                fps, last = (rate if frames == 0 else 0.9 * fps + 0.1 * rate), now
+                latencies.append(latency_ms(out))
+                draw_text(view, f"{fps:.1f} FPS  {latencies[-1]:.0f} ms  invoke {out.result.timings['invoke']:.1f} ms")
+                if sink:
+                    sink.write(out.frame.name, view)
+                frames += 1
+                key = -1 if args.headless else _show(view)
+                if key in (ord("q"), 27) or (args.max_frames and frames >= args.max_frames):
+                    break
+                if key == ord("m"):
+                    mode = MODES[(MODES.index(mode) + 1) % len(MODES)]
+                elif key == ord("s"):
+                    path = os.path.join(snapshots, f"kseg_edge_{out.frame.name}_{mode}.png")
+                    print(f"kseg-edge: saved {path}" if cv2.imwrite(path, view) else f"kseg-edge: cannot write {path}")
+            dropped = pipe.dropped
+    finally:
+        if sink:
+            sink.close()
+        if not args.headless:
+            cv2.destroyAllWindows()
+    wall = time.perf_counter() - start
+    if not frames:
+        print("kseg-edge: no frames processed")
+        return 0
+    print(f"kseg-edge: {frames} frames in {wall:.1f} s ({frames / wall:.1f} FPS), latency p50 "
+          f"{np.percentile(latencies, 50):.1f} ms p90 {np.percentile(latencies, 90):.1f} ms, {dropped} dropped"
+          + (f"; wrote {args.out}" if sink else ""))
+    return 0
+
+
+def _open_window():
+    try:
+        cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
+    except cv2.error:
+        raise OutputError("cannot open a window: this OpenCV has no GUI (opencv-python-headless, or no display); "
+                          "use --headless, with --out to keep the views") from None
+
+
+def _show(view):
+    """Show ``view``; returns the key pressed, -1 for none."""
+    cv2.imshow(WINDOW, view)
+    key = cv2.waitKey(1)
+    return key & 0xFF if key >= 0 else -1
+
+
+def _bench(args):
+    w, h = args.size
+    rng = np.random.default_rng(0)
+    # Smooth random scenes rather than pure noise: closer to what resize and the model see from a camera.
+    scenes = [cv2.resize(rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8), (w, h))
+              for _ in range(8)]
+    print(f"model {args.model}  frame {w}x{h}  {args.frames} frames per row")
+    print(f"{'threads':>7}  {'stage':<9}{'p50 ms':>8}{'p90 ms':>8}{'FPS':>9}")
+    for threads in args.threads:
+        segmenter = _segmenter(args, threads)
+        x, _ = segmenter.preprocess(scenes[0])
+        segmenter.interpreter.set_tensor(segmenter.input_details["index"], x)
+        times = []
+        for i in range(args.frames + 5):  # the first invokes allocate and warm caches
+            t = time.perf_counter()
+            segmenter.interpreter.invoke()
+            times.append(1e3 * (time.perf_counter() - t))
+        _row(threads, "invoke", times[5:], 1e3 / np.mean(times[5:]))
+
+        source = GeneratedSource(lambda i: scenes[i % len(scenes)].copy(), count=args.frames)  # copy: as a capture
+        latencies, stages = [], {"pre": [], "post": [], "overlay": []}
+        start = time.perf_counter()
+        with Pipeline(source, segmenter, keep_all=True) as pipe:
+            for out in pipe:
+                t = time.perf_counter()
+                render(out.frame.image, out.result.mask, "overlay", segmenter.palette, 0.5)
+                stages["overlay"].append(1e3 * (time.perf_counter() - t))
+                stages["pre"].append(out.result.timings["pre"])
+                stages["post"].append(out.result.timings["post"])
+                latencies.append(latency_ms(out))
+        wall = time.perf_counter() - start
+        _row(threads, "pipeline", latencies, len(latencies) / wall,
+             "  (capture to overlay, every frame; p50 " + ", ".join(
+                 f"{k} {np.percentile(v, 50):.2f}" for k, v in stages.items()) + " ms)")
+    return 0
+
+
+def _row(threads, stage, times, fps, note=""):
+    print(f"{threads:>7}  {stage:<9}{np.percentile(times, 50):>8.2f}{np.percentile(times, 90):>8.2f}{fps:>9.1f}{note}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Segment camera frames with a ``.tflite`` model: pre-process, invoke, argmax, map back to the frame.
+
+Never imports TensorFlow. The model follows docs/architecture.md: raw RGB pixels in (uint8 for int8 models, with
+scale 1 and zero point 0; float32 [0, 255] otherwise), logits ``(1, h, w, C)`` out.
+
+Example:
+    >>> seg = Segmenter("model.tflite", num_threads=2)
+    >>> result = seg.segment(frame_bgr)          # doctest: +SKIP
+    >>> result.mask.shape == frame_bgr.shape[:2]  # doctest: +SKIP
+    True
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import cv2
+import numpy as np
+
+from edge.interpreter import load_interpreter
+from kseg import viz
+from kseg.errors import ModelFileError
+
+RESIZE_MODES = ("stretch", "letterbox")
+NORMALIZATIONS = ("raw", "unit")
+OUTPUT_KINDS = ("logits", "probabilities")
+
+
+@dataclasses.dataclass
+class Result:
+    """One segmented frame.
+
+    Attributes:
+        mask: ``(H, W)`` class ids at the frame's size (uint8, or int32 past 256 classes).
+        timings: milliseconds per stage: ``pre``, ``invoke``, ``post``.
+    """
+
+    mask: np.ndarray
+    timings: dict
+
+
+def read_metadata(model_path):
+    """The sidecar ``MODEL.tflite.json`` written by the exporter, or ``{}`` when there is none.
+
+    Keys (all optional): ``labels`` (class names), ``palette`` (``[[r, g, b], ...]``), ``input_size`` (``[h, w]``),
+    ``normalization`` (``"raw"``: pixels in [0, 255], the kseg contract; ``"unit"``: [0, 1]; or
+    ``{"mean": [..], "std": [..]}`` applied to [0, 255] pixels) and ``output_kind`` (``"logits"`` or
+    ``"probabilities"``; with one output channel it sets the foreground threshold, 0 or 0.5).
+    """
+    path = f"{model_path}.json"
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{path}: unreadable model metadata ({e}); fix or delete it") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: model metadata must be a JSON object")
+    return meta
+
+
+class Segmenter:
+    """A TFLite segmentation model wrapped for BGR camera frames.
+
+    Args:
+        model_path: the ``.tflite`` file (its sidecar ``.json``, when present, supplies labels, palette and the
+            input normalisation; arguments given here override it).
+        num_threads: interpreter threads; ``None`` lets LiteRT decide.
+        edgetpu: use the Coral delegate when ``libedgetpu.so.1`` loads (falls back to the CPU).
+        resize: ``"stretch"`` the frame to the model input, or ``"letterbox"`` it (keep the aspect ratio, pad with
+            black; the padding is cut off the mask again).
+        labels: class names (a list, or a text file with one name a line).
+        smoothing: EMA weight of the previous frames' scores in [0, 1); 0 turns temporal smoothing off. Smoothing the
+            raw quantized scores gives the same argmax as smoothing dequantized ones (the map is affine).
+    """
+
+    def __init__(self, model_path, num_threads=None, edgetpu=False, resize="stretch", labels=None, smoothing=0.0):
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+        model_path = os.fspath(model_path)
+        meta = read_metadata(model_path)
+        self.interpreter = load_interpreter(model_path, num_threads=num_threads, edgetpu=edgetpu)
+        self.input_details = self.interpreter.get_input_details()[0]
+        self.output_details = self.interpreter.get_output_details()[0]
+        in_shape, out_shape = self.input_details["shape"], self.output_details["shape"]
+        if len(in_shape) != 4 or in_shape[0] != 1 or in_shape[3] != 3 or len(out_shape) != 4:
+            raise ModelFileError(f"{model_path}: expected a (1, h, w, 3) image input and a (1, h, w, C) output, "
+                                 f"got {list(in_shape)} -> {list(out_shape)}")
+        self.input_size = (int(in_shape[1]), int(in_shape[2]))
+        if "input_size" in meta and tuple(meta["input_size"]) != self.input_size:
+            raise ModelFileError(f"{model_path}.json says input_size {meta['input_size']} but the model takes "
+                                 f"{list(self.input_size)}; re-export the model")
+        self.num_classes = int(out_shape[3])
+        self.resize = resize
+        self.smoothing = smoothing
+        self.labels = _labels(labels if labels is not None else meta.get("labels"), self.num_classes)
+        self.palette = np.asarray(meta["palette"], np.uint8) if "palette" in meta else viz.palette(len(self.labels))
+        self._offset, self._scale = _normalization(meta.get("normalization", "raw"), model_path)
+        output_kind = meta.get("output_kind", "logits")
+        if output_kind not in OUTPUT_KINDS:
+            raise ModelFileError(f"{model_path}.json: output_kind must be one of {OUTPUT_KINDS}, got {output_kind!r}")
+        self._threshold = self._raw_threshold(0.5 if output_kind == "probabilities" else 0.0)
+        self._ema = None
+
+    def segment(self, frame, rgb=False):
+        """Segment one frame.
+
+        Args:
+            frame: ``(H, W, 3)`` uint8 image, BGR as OpenCV captures it (``rgb=True`` for RGB images).
+
+        Returns:
+            A ``Result`` whose mask has the frame's ``(H, W)``.
+        """
+        t0 = time.perf_counter()
+        x, box = self.preprocess(frame, rgb=rgb)
+        t1 = time.perf_counter()
+        scores = self.invoke(x)
+        t2 = time.perf_counter()
+        mask = self.postprocess(scores, frame.shape[:2], box)
+        t3 = time.perf_counter()
+        return Result(mask, {"pre": 1e3 * (t1 - t0), "invoke": 1e3 * (t2 - t1), "post": 1e3 * (t3 - t2)})
+
+    def preprocess(self, frame, rgb=False):
+        """Frame -> model input ``(1, h, w, 3)`` in the input dtype, and the ``(top, left, h, w)`` box the image
+        occupies inside it (the whole input unless letterboxed)."""
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 frame, got {frame.shape} {frame.dtype}")
+        h, w = self.input_size
+        fh, fw = frame.shape[:2]
+        if self.resize == "letterbox":
+            s = min(h / fh, w / fw)
+            nh, nw = max(1, round(fh * s)), max(1, round(fw * s))
+        else:
+            nh, nw = h, w
+        top, left = (h - nh) // 2, (w - nw) // 2
+        image = frame if (nh, nw) == (fh, fw) else cv2.resize(
+            frame, (nw, nh), interpolation=cv2.INTER_AREA if nh < fh else cv2.INTER_LINEAR)
+        if not rgb:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # after the resize: fewer pixels to swap
+        if (nh, nw) != (h, w):
+            image = cv2.copyMakeBorder(image, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT, value=0)
+        return self._to_input(image)[None], (top, left, nh, nw)
+
+    def _to_input(self, image):
+        dtype = self.input_details["dtype"]
+        scale, zero = self.input_details["quantization"]
+        direct = self._offset is None and dtype == np.uint8 and abs(scale - 1.0) < 1e-3 and zero == 0
+        if direct:  # the kseg int8 contract: camera bytes go straight in
+            return image
+        x = image.astype(np.float32)
+        if self._offset is not None:
+            x = (x - self._offset) / self._scale
+        if dtype == np.float32:
+            return x
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+
+    def invoke(self, x):
+        """Run the model on a pre-processed input; returns the raw output ``(h, w, C)`` (quantized if int8)."""
+        self.interpreter.set_tensor(self.input_details["index"], x)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output_details["index"])[0]
+
+    def postprocess(self, scores, frame_size, box=None):
+        """Raw scores ``(h, w, C)`` -> class ids at ``frame_size`` ``(H, W)``, cutting away letterbox padding.
+
+        No dequantization: a positive scale keeps the order of the scores, so argmax is the same.
+        """
+        if self.smoothing:
+            scores = scores.astype(np.float32)
+            if self._ema is None or self._ema.shape != scores.shape:
+                self._ema = scores
+            else:
+                self._ema = self.smoothing * self._ema + (1.0 - self.smoothing) * scores
+            scores = self._ema
+        if self.num_classes == 1:
+            ids = (scores[..., 0] > self._threshold).astype(np.uint8)
+        else:
+            ids = np.argmax(scores, axis=-1).astype(np.uint8 if self.num_classes <= 256 else np.int32)
+        if box is not None:
+            top, left, nh, nw = box
+            ids = ids[top:top + nh, left:left + nw]
+        fh, fw = frame_size
+        if ids.shape != (fh, fw):
+            if ids.dtype != np.uint8:  # cv2.resize rejects int32; float32 holds these ids exactly
+                return cv2.resize(ids.astype(np.float32), (fw, fh), interpolation=cv2.INTER_NEAREST).astype(ids.dtype)
+            ids = cv2.resize(ids, (fw, fh), interpolation=cv2.INTER_NEAREST)
+        return ids
+
+    def reset(self):
+        """Forget the smoothing state (call on a scene cut or a new video)."""
+        self._ema = None
+
+    def _raw_threshold(self, value):
+        scale, zero = self.output_details["quantization"]
+        return value / scale + zero if self.output_details["dtype"] != np.float32 and scale else value
+
+
+def _labels(labels, num_classes):
+    if labels is None:
+        return [str(i) for i in range(num_classes)]
+    if isinstance(labels, (str, os.PathLike)):
+        try:
+            with open(labels, encoding="utf-8") as f:
+                labels = [line.strip() for line in f if line.strip()]
+        except OSError as e:
+            raise ModelFileError(f"cannot read labels file {labels}: {e.strerror}") from None
+    labels = [str(n) for n in labels]
+    need = max(num_classes, 2)  # a one-channel output still has background and foreground
+    if len(labels) != need:
+        raise ModelFileError(f"{len(labels)} labels given but the model has {need} classes")
+    return labels
+
+
+def _normalization(spec, model_path):
+    """``(offset, scale)`` arrays for ``(pixels - offset) / scale``, or ``(None, None)`` for raw pixels."""
+    if spec == "raw":
+        return None, None
+    if spec == "unit":
+        return np.float32(0.0), np.float32(255.0)
+    if isinstance(spec, dict) and {"mean", "std"} <= spec.keys():
+        return np.asarray(spec["mean"], np.float32), np.asarray(spec["std"], np.float32)
+    raise ModelFileError(f"{model_path}.json: normalization must be {NORMALIZATIONS} or {{'mean', 'std'}}, "
+                         f"got {spec!r}")
