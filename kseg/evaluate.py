@@ -1,0 +1,89 @@
+"""``kseg evaluate``: per-class table on a split and a report folder with pictures.
+
+The report holds ``metrics.json``, ``table.txt``, ``confusion_matrix.png``, ``per_class_iou.png`` and
+``samples.png`` (image, ground truth and prediction overlays). A ``.tflite`` model is scored through the edge
+runtime, so the numbers are those the device will see.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from kseg import viz
+from kseg.metrics import BoundaryF1, ConfusionMatrix
+
+
+def predictor(model_path):
+    """A function ``uint8 RGB image (H, W, 3) -> class ids (H, W)`` for a ``.keras`` or ``.tflite`` model."""
+    if os.fspath(model_path).endswith(".tflite"):
+        from edge.runtime import Segmenter
+
+        seg = Segmenter(model_path)
+        return lambda image: seg.segment(image, rgb=True).mask
+    from kseg.saving import load_model
+
+    model = load_model(model_path)
+    return lambda image: np.argmax(model(image[None].astype(np.float32), training=False).numpy()[0], axis=-1)
+
+
+def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, verbose=True):
+    """Score a model on ``split`` of the config's data and write the report.
+
+    Args:
+        cfg: a loaded config (``kseg.config.load_config``).
+        model_path: ``.keras`` or ``.tflite``; default the run's ``best.keras``.
+        out_dir: report folder; default ``<run dir>/report-<split>``.
+
+    Returns:
+        The metrics dict written to ``metrics.json``.
+    """
+    from kseg.data import build_dataset, class_info
+
+    data_cfg = cfg["data"]
+    run_dir = cfg["output"]["dir"]
+    model_path = model_path or os.path.join(run_dir, "best.keras")
+    out_dir = out_dir or os.path.join(run_dir, f"report-{split}")
+    num_classes, ignore = int(data_cfg["num_classes"]), int(data_cfg["ignore_index"])
+    names, colours = class_info(data_cfg)
+    predict = predictor(model_path)
+
+    cm, bf = ConfusionMatrix(num_classes, ignore), BoundaryF1(num_classes, ignore_index=ignore)
+    samples, count = [], 0
+    for images, labels in build_dataset(data_cfg, split, batch_size=1, augment=False, shuffle=False):
+        image = np.clip(np.round(images.numpy()[0]), 0, 255).astype(np.uint8)
+        label = labels.numpy()[0]
+        pred = predict(image)
+        cm.update(label, pred)
+        bf.update(label, pred)
+        count += 1
+        if len(samples) < num_samples:
+            samples.append((image, label, pred))
+
+    metrics = {"model": os.fspath(model_path), "split": split, "num_images": count, **cm.summary(),
+               "boundary_f1": bf.summary()}
+    os.makedirs(out_dir, exist_ok=True)
+    table = cm.table(names)
+    with open(os.path.join(out_dir, "table.txt"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2, default=_jsonable)
+    viz.confusion_matrix_figure(cm.matrix, names, os.path.join(out_dir, "confusion_matrix.png"))
+    viz.per_class_iou_chart(cm.per_class_iou(), names, os.path.join(out_dir, "per_class_iou.png"))
+    if samples:
+        images, labels, preds = zip(*samples)
+        viz.image_grid(list(images), list(labels), names, predictions=list(preds), palette=colours,
+                       path=os.path.join(out_dir, "samples.png"))
+    if verbose:
+        print(table)
+        print(f"boundary F1 {bf.mean_f1():.4f}")
+        print(f"report written to {out_dir}")
+    return metrics
+
+
+def _jsonable(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(type(x))
