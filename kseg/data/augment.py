@@ -1,0 +1,89 @@
+"""Mask-aware augmentation.
+
+Geometric transforms and colour jitter are Keras 3 preprocessing layers applied to whole batches
+inside the tf.data pipeline (the layers move masks with nearest interpolation); elastic deformation
+is per sample, in OpenCV, at decode time.
+"""
+
+import cv2
+import numpy as np
+
+
+def elastic_deform(image, label, rng, alpha, sigma):
+    """Elastic deformation (Simard et al. 2003), as used for the U-Net membrane task.
+
+    Args:
+        image: (H, W, C) float32.
+        label: (H, W) int32.
+        rng: numpy Generator.
+        alpha: displacement scale in pixels.
+        sigma: smoothness (Gaussian sigma, pixels) of the displacement field.
+
+    Returns:
+        (image, label) warped by the same field; labels by nearest neighbour, borders reflected so
+        that no pixel is invented.
+    """
+    h, w = label.shape
+    dx, dy = (cv2.GaussianBlur(rng.uniform(-1, 1, (h, w)).astype(np.float32), (0, 0), sigma) * alpha
+              for _ in range(2))
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    map_x, map_y = gx + dx, gy + dy
+    image = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    label = cv2.remap(label.astype(np.float32), map_x, map_y, cv2.INTER_NEAREST,
+                      borderMode=cv2.BORDER_REFLECT_101)
+    return image.reshape(h, w, -1), label.astype(np.int32)
+
+
+def batch_augmenter(spec, ignore_index, seed=None):
+    """Builds ``fn(images, labels) -> (images, labels)`` for batches, from ``data.augment``.
+
+    Args:
+        spec: validated ``data.augment`` dict.
+        ignore_index: label value for pixels that geometric transforms bring in from outside.
+        seed: int for reproducible draws, or None.
+
+    Returns:
+        The function, or None when ``spec`` asks for no batch-level transform.
+    """
+    import keras
+    import tensorflow as tf
+
+    seeds = iter(range(seed, seed + 16)) if seed is not None else iter([None] * 16)
+    fill = {"fill_mode": spec["fill"], "fill_value": 0.0}
+    geometric = []
+    flip = {(True, False): "horizontal", (False, True): "vertical", (True, True): "horizontal_and_vertical"}
+    if spec["hflip"] or spec["vflip"]:
+        geometric.append(keras.layers.RandomFlip(flip[spec["hflip"], spec["vflip"]], seed=next(seeds)))
+    if spec["rotate"]:
+        geometric.append(keras.layers.RandomRotation(spec["rotate"], seed=next(seeds), **fill))
+    if spec["scale"]:
+        # RandomZoom's factor f shows the image at magnification 1 / (1 + f).
+        lo, hi = spec["scale"]
+        geometric.append(keras.layers.RandomZoom((1 / hi - 1, 1 / lo - 1), seed=next(seeds), **fill))
+    if spec["translate"]:
+        geometric.append(keras.layers.RandomTranslation(spec["translate"], spec["translate"], seed=next(seeds),
+                                                        **fill))
+    colour = []
+    if spec["brightness"]:
+        colour.append(keras.layers.RandomBrightness(spec["brightness"], value_range=(0, 255), seed=next(seeds)))
+    if spec["contrast"]:
+        colour.append(keras.layers.RandomContrast(spec["contrast"], value_range=(0, 255), seed=next(seeds)))
+    if not geometric and not colour:
+        return None
+
+    def augment(images, labels):
+        if geometric:
+            # The layers fill masks with the images' constant (0): shift labels by one so that 0 means
+            # "outside" and becomes the ignore index afterwards.
+            masks = tf.cast(tf.where(labels == ignore_index, 0, labels + 1), tf.float32)[..., None]
+            data = {"images": images, "segmentation_masks": masks}
+            for layer in geometric:
+                data = layer(data, training=True)
+            images = data["images"]
+            shifted = tf.cast(tf.round(data["segmentation_masks"][..., 0]), tf.int32)
+            labels = tf.where(shifted == 0, ignore_index, shifted - 1)
+        for layer in colour:
+            images = layer(images, training=True)
+        return images, labels
+
+    return augment

@@ -1,0 +1,212 @@
+"""Validation of the ``data:`` section of an experiment config (schema in `kseg.data`)."""
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from kseg.data.formats import get_format, list_formats
+from kseg.errors import ConfigError
+
+_KEYS = ("format", "root", "num_classes", "image_size", "ignore_index", "splits", "augment", "resize",
+         "image_dir", "mask_dir", "palette", "class_names", "synthetic")
+_AUGMENT_KEYS = ("hflip", "vflip", "rotate", "scale", "translate", "brightness", "contrast", "elastic", "fill")
+_SYNTHETIC_MAX_CLASSES = 8
+
+
+def validate_data_config(cfg, base_dir=None):
+    """Checks a data config and fills in defaults.
+
+    Args:
+        cfg: the ``data`` mapping.
+        base_dir: folder of the config file; a relative ``root`` not found from the current
+            directory is looked up there.
+
+    Returns:
+        A new dict: absolute ``root``, every key present (see the schema in `kseg.data`).
+
+    Raises:
+        ConfigError: unknown format or key, missing root, wrong type or value.
+    """
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"data: expected a mapping with at least 'format', 'root' and 'image_size', got {cfg!r}")
+    cfg = copy.deepcopy(dict(cfg))
+    for key in cfg:
+        if key not in _KEYS:
+            raise ConfigError(f"data.{key}: unknown key; known keys are {', '.join(_KEYS)}")
+    fmt = get_format(_require(cfg, "format", str))
+    cfg["root"] = str(fmt.locate(_resolve_root(_require(cfg, "root", (str, os.PathLike)), base_dir,
+                                               fmt.root_must_exist)))
+    cfg["image_size"] = _image_size(_require(cfg, "image_size", (int, list, tuple)))
+    cfg["num_classes"] = _num_classes(cfg, fmt)
+    cfg["ignore_index"] = _int(cfg.get("ignore_index", 255), "data.ignore_index")
+    if 0 <= cfg["ignore_index"] < cfg["num_classes"]:
+        raise ConfigError(f"data.ignore_index {cfg['ignore_index']} is a class id (num_classes "
+                          f"{cfg['num_classes']}); use 255")
+    cfg["resize"] = _choice(cfg.get("resize", "stretch"), ("stretch", "letterbox"), "data.resize")
+    cfg["image_dir"] = _typed(cfg.get("image_dir", fmt.image_dir), str, "data.image_dir")
+    cfg["mask_dir"] = _typed(cfg.get("mask_dir", fmt.mask_dir), str, "data.mask_dir")
+    cfg["palette"] = _palette(cfg.get("palette"))
+    cfg["class_names"] = _class_names(cfg.get("class_names"), cfg["num_classes"])
+    cfg["synthetic"] = _synthetic(cfg) if fmt.name == "synthetic" else None
+    cfg["splits"] = _splits(cfg)
+    cfg["augment"] = _augment(cfg.get("augment"))
+    return cfg
+
+
+def _require(cfg, key, types):
+    if cfg.get(key) is None:
+        raise ConfigError(f"data.{key} is required")
+    return _typed(cfg[key], types, f"data.{key}")
+
+
+def _typed(value, types, name):
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+        names = " or ".join(t.__name__ for t in _as_tuple(types))
+        raise ConfigError(f"{name} must be {names}, got {value!r}")
+    return value
+
+
+def _as_tuple(types):
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _int(value, name, minimum=None):
+    _typed(value, int, name)
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _number(value, name, lo, hi):
+    _typed(value, (int, float), name)
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return float(value)
+
+
+def _choice(value, choices, name):
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _resolve_root(root, base_dir, must_exist):
+    root = Path(root).expanduser()
+    candidates = [root] if root.is_absolute() else [Path.cwd() / root] + ([Path(base_dir) / root] if base_dir else [])
+    for path in candidates:
+        if path.exists():
+            return path.resolve()
+    if must_exist:
+        raise ConfigError(f"data.root '{root}' not found (looked for {' and '.join(map(str, candidates))}); "
+                          f"point it at the dataset folder")
+    return candidates[0].resolve()
+
+
+def _image_size(value):
+    size = [value, value] if isinstance(value, int) else list(value)
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        raise ConfigError(f"data.image_size must be [height, width] (positive integers), got {value!r}")
+    return size
+
+
+def _num_classes(cfg, fmt):
+    given = cfg.get("num_classes")
+    if fmt.num_classes is not None:
+        if given is not None and given != fmt.num_classes:
+            raise ConfigError(f"data.num_classes is {given} but format '{fmt.name}' has {fmt.num_classes} classes; "
+                              f"remove data.num_classes")
+        return fmt.num_classes
+    if given is None:
+        known = cfg.get("class_names") or cfg.get("palette")
+        if fmt.name == "synthetic":
+            given = 4
+        elif known:
+            given = len(known)
+        else:
+            raise ConfigError(f"data.num_classes is required for format '{fmt.name}' (or give data.class_names)")
+    limit = _SYNTHETIC_MAX_CLASSES if fmt.name == "synthetic" else None
+    num = _int(given, "data.num_classes", 2 if fmt.name == "synthetic" else 1)
+    if limit and num > limit:
+        raise ConfigError(f"data.num_classes must be <= {limit} for the synthetic dataset, got {num}")
+    return num
+
+
+def _palette(value):
+    if value is None:
+        return None
+    ok = isinstance(value, (list, tuple)) and all(
+        isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+        for c in value)
+    if not ok:
+        raise ConfigError(f"data.palette must be a list of [R, G, B] triples (0-255), one per class; got {value!r}")
+    colours = [tuple(c) for c in value]
+    if len(set(colours)) != len(colours):
+        raise ConfigError("data.palette lists the same colour twice; each class needs its own colour")
+    return [list(c) for c in colours]
+
+
+def _class_names(value, num_classes):
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != num_classes or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"data.class_names must be a list of {num_classes} strings, got {value!r}")
+    return list(value)
+
+
+def _synthetic(cfg):
+    spec = dict(_typed(cfg.get("synthetic") or {}, Mapping, "data.synthetic"))
+    for key in spec:
+        if key not in ("num_images", "size", "seed"):
+            raise ConfigError(f"data.synthetic.{key}: unknown key; known keys are num_images, size, seed")
+    return {"num_images": _int(spec.get("num_images", 200), "data.synthetic.num_images", 2),
+            "size": _image_size(spec.get("size", cfg["image_size"])),
+            "seed": _int(spec.get("seed", 0), "data.synthetic.seed")}
+
+
+def _splits(cfg):
+    splits = dict(_typed(cfg.get("splits") or {}, Mapping, "data.splits"))
+    if cfg["synthetic"] and not splits:
+        n = cfg["synthetic"]["num_images"]
+        cut = max(1, int(n * 0.8))
+        splits = {"train": f"0-{cut - 1}", "val": f"{cut}-{n - 1}"}
+    for name, spec in splits.items():
+        if isinstance(spec, Mapping):
+            extra = set(spec) - {"image_dir", "mask_dir"}
+            if extra:
+                raise ConfigError(f"data.splits.{name}: unknown keys {sorted(extra)}; use image_dir and mask_dir")
+            splits[name] = dict(spec)
+        else:
+            _typed(spec, str, f"data.splits.{name}")
+    return splits
+
+
+def _augment(value):
+    spec = dict(_typed(value or {}, Mapping, "data.augment"))
+    for key in spec:
+        if key not in _AUGMENT_KEYS:
+            raise ConfigError(f"data.augment.{key}: unknown key; known keys are {', '.join(_AUGMENT_KEYS)}")
+    out = {"hflip": _typed(spec.get("hflip", False), bool, "data.augment.hflip"),
+           "vflip": _typed(spec.get("vflip", False), bool, "data.augment.vflip"),
+           "rotate": _number(spec.get("rotate", 0.0), "data.augment.rotate (fraction of a full turn)", 0, 0.5),
+           "translate": _number(spec.get("translate", 0.0), "data.augment.translate", 0, 0.9),
+           "brightness": _number(spec.get("brightness", 0.0), "data.augment.brightness", 0, 1),
+           "contrast": _number(spec.get("contrast", 0.0), "data.augment.contrast", 0, 1),
+           "fill": _choice(spec.get("fill", "constant"), ("constant", "reflect"), "data.augment.fill"),
+           "scale": None, "elastic": None}
+    if spec.get("scale") is not None:
+        scale = spec["scale"]
+        if (not isinstance(scale, (list, tuple)) or len(scale) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in scale)
+                or scale[0] > scale[1]):
+            raise ConfigError(f"data.augment.scale must be [min, max] with 0 < min <= max, got {scale!r}")
+        out["scale"] = [float(v) for v in scale]
+    if spec.get("elastic") is not None:
+        elastic = dict(_typed(spec["elastic"], Mapping, "data.augment.elastic"))
+        extra = set(elastic) - {"alpha", "sigma", "p"}
+        if extra:
+            raise ConfigError(f"data.augment.elastic: unknown keys {sorted(extra)}; use alpha, sigma, p")
+        out["elastic"] = {"alpha": _number(elastic.get("alpha", 34), "data.augment.elastic.alpha", 0, 1e4),
+                          "sigma": _number(elastic.get("sigma", 4), "data.augment.elastic.sigma", 0.1, 1e3),
+                          "p": _number(elastic.get("p", 1.0), "data.augment.elastic.p", 0, 1)}
+    return out
