@@ -1,0 +1,188 @@
+"""The trainer behind ``kseg train``: one resolved config in, a run folder out."""
+
+import json
+import math
+import os
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from kseg.config import dump_config
+from kseg.train.callbacks import Backup, Progress, Recorder, RunState, TimeBudget
+from kseg.train.distribute import build_strategy, is_chief
+from kseg.train.schedules import WarmupSchedule, build_optimizer
+
+__all__ = ["train"]
+
+
+def _fingerprint(cfg, steps_per_epoch, global_batch):
+    """What a resumed run must share with the interrupted one for its backup to mean the same thing."""
+    t = cfg["train"]
+    fp = {"model": cfg["model"], "loss": cfg["loss"], "data.num_classes": cfg["data"]["num_classes"],
+          "data.image_size": cfg["data"]["image_size"], "train.epochs": t["epochs"], "train.optimizer": t["optimizer"],
+          "train.schedule": t["schedule"], "train.mixed_precision": t["mixed_precision"],
+          "global batch": global_batch, "steps per epoch": steps_per_epoch}
+    return json.loads(json.dumps(fp))
+
+
+def _shard(ds, policy):
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = policy
+    return ds.with_options(options)
+
+
+def _build_model(cfg, schedule):
+    import kseg
+    from kseg.losses import build_loss
+    from kseg.metrics.keras_metric import SegMeanIoU
+
+    data = cfg["data"]
+    kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
+    kwargs.setdefault("input_shape", (*data["image_size"], 3))
+    model = kseg.create_model(cfg["model"]["name"], num_classes=data["num_classes"], **kwargs)
+    model.compile(
+        optimizer=build_optimizer(cfg["train"]["optimizer"], schedule),
+        loss=build_loss(cfg["loss"], data["num_classes"], data["ignore_index"]),
+        metrics=[SegMeanIoU(data["num_classes"], data["ignore_index"])],
+    )
+    # Optimizer variables must exist (in the strategy's scope) before a backup can be loaded into them.
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def train(cfg, verbose=1, callbacks=()):
+    """Trains the model of a resolved config (``kseg.config.load_config``); resumes an interrupted run.
+
+    The run folder (``output.dir``) receives ``run.yaml`` (the resolved config), ``history.csv`` (one row per
+    epoch), ``best.keras`` (best validation mIoU), ``last.keras``, TensorBoard logs in ``logs/`` and, while the run
+    is unfinished, ``backup/``. Running the same config again after an interruption (Ctrl-C, a kill, a crash)
+    continues from the last backup, mid-epoch included, with the best mIoU so far; a finished run starts over.
+
+    Args:
+        cfg: resolved config.
+        verbose: Keras verbosity: 1 progress bar, 2 one line per epoch, 0 silent.
+        callbacks: extra Keras callbacks, run after kseg's own (a step's backup is on disk when they see it).
+
+    Returns:
+        dict with ``run_dir``, ``best_miou`` (NaN if never validated), ``best_epoch``, ``history`` (list of
+        per-epoch dicts, as in history.csv), ``wall_time_s`` (this process), ``steps`` (optimizer steps in total),
+        ``epochs_done``, ``replicas``, ``global_batch``, ``resumed_from`` (None, or the restored position
+        ``{"epoch", "step", "global_step", "best_miou"}``), ``stopped_by_budget``.
+
+    Raises:
+        ConfigError: invalid strategy setup, or a backup made with other settings.
+        DataError: a bad sample (the message names the file).
+    """
+    from kseg.data import build_dataset, data_errors, num_samples
+
+    start = time.monotonic()
+    t = cfg["train"]
+    # First: multi-worker collectives must be configured before TensorFlow runs anything.
+    strategy = build_strategy(t["strategy"])
+    keras.utils.set_random_seed(t["seed"])
+    chief = is_chief(strategy)
+    run_dir = os.path.abspath(cfg["output"]["dir"])
+    replicas = strategy.num_replicas_in_sync
+    global_batch = t["batch_size"] * replicas
+    with data_errors():
+        steps_per_epoch = t["steps_per_epoch"] or math.ceil(num_samples(cfg["data"], "train") / global_batch)
+        train_ds = build_dataset(cfg["data"], "train", global_batch, augment=True, shuffle=True, repeat=True,
+                                 seed=t["seed"])
+        val_ds = build_dataset(cfg["data"], "val", global_batch, augment=False, shuffle=False, seed=t["seed"])
+    # Training batches are split among the workers; every worker scores the whole validation set, so that all
+    # of them run the same number of steps (the summed confusion counts give the same mIoU).
+    train_ds = _shard(train_ds, tf.data.experimental.AutoShardPolicy.DATA)
+    val_ds = _shard(val_ds, tf.data.experimental.AutoShardPolicy.OFF)
+    planned = t["epochs"] * steps_per_epoch
+
+    policy = keras.mixed_precision.global_policy()
+    if t["mixed_precision"]:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with strategy.scope():
+            schedule = WarmupSchedule(t["schedule"]["name"], t["optimizer"]["lr"], planned,
+                                      round(t["schedule"]["warmup_epochs"] * steps_per_epoch))
+            model = _build_model(cfg, schedule)
+        state = RunState(total_steps=planned)
+        backup = Backup(os.path.join(run_dir, "backup"), state, t["checkpoint_every_steps"],
+                        _fingerprint(cfg, steps_per_epoch, global_batch), write=chief)
+        resumed = backup.restore(model, schedule)
+        resumed_from = ({"epoch": state.epoch, "step": state.step, "global_step": state.global_step,
+                         "best_miou": state.best_miou} if resumed else None)
+        if chief:
+            os.makedirs(run_dir, exist_ok=True)
+            dump_config(cfg, os.path.join(run_dir, "run.yaml"))
+        if verbose and chief:
+            print(_describe(cfg, run_dir, strategy, global_batch, steps_per_epoch, state if resumed else None))
+
+        recorder = Recorder(run_dir, val_ds, state, t["val_every"], t["epochs"], write=chief)
+        budget = None
+        own = [Progress(state, steps_per_epoch)]
+        if t["time_budget_min"] is not None:
+            budget = TimeBudget(t["time_budget_min"] * 60, state, schedule, planned, t["val_every"] * steps_per_epoch)
+            own.append(budget)
+        own.append(recorder)
+        if chief:
+            own.extend(_tensorboard(os.path.join(run_dir, "logs"), verbose))
+        all_callbacks = [*own, backup, *callbacks]
+
+        def fit(first_epoch, last_epoch, steps):
+            model.fit(train_ds, initial_epoch=first_epoch, epochs=last_epoch, steps_per_epoch=steps,
+                      callbacks=all_callbacks, verbose=verbose if chief else 0, shuffle=False)
+
+        try:
+            with data_errors():
+                if state.step:
+                    # Finish the interrupted epoch with its remaining steps only.
+                    fit(state.epoch, state.epoch + 1, steps_per_epoch - state.step)
+                if state.epoch < t["epochs"] and not model.stop_training:
+                    fit(state.epoch, t["epochs"], steps_per_epoch)
+        except KeyboardInterrupt:
+            if chief:
+                print(f"\nInterrupted. {backup.describe()}; run the same command again to resume.", file=sys.stderr)
+            raise
+        backup.delete()
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+    return {
+        "run_dir": run_dir,
+        "best_miou": state.best_miou if state.best_epoch else float("nan"),
+        "best_epoch": state.best_epoch or None,
+        "history": recorder.history,
+        "wall_time_s": time.monotonic() - start,
+        "steps": state.global_step,
+        "epochs_done": state.epoch,
+        "replicas": replicas,
+        "global_batch": global_batch,
+        "resumed_from": resumed_from,
+        "stopped_by_budget": bool(budget and budget.stopped),
+    }
+
+
+def _tensorboard(log_dir, verbose):
+    """The TensorBoard callback, or none when the ``tensorboard`` package is missing (TF 2.21 no longer pulls it
+    in, and Keras fails at the first summary without it)."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        if verbose:
+            print("  no TensorBoard logs: `pip install tensorboard` to get them", file=sys.stderr)
+        return []
+    return [keras.callbacks.TensorBoard(log_dir, write_graph=False)]
+
+
+def _describe(cfg, run_dir, strategy, global_batch, steps_per_epoch, resumed):
+    t = cfg["train"]
+    lines = [f"kseg train: {cfg['model']['name']} -> {run_dir}",
+             f"  {type(strategy).__name__} x{strategy.num_replicas_in_sync} replica(s), global batch {global_batch}, "
+             f"{t['epochs']} epochs x {steps_per_epoch} steps"
+             + (", mixed_float16" if t["mixed_precision"] else "")
+             + (f", time budget {t['time_budget_min']} min" if t["time_budget_min"] is not None else "")]
+    if resumed:
+        best = f", best val mIoU {resumed.best_miou:.4f} (epoch {resumed.best_epoch})" if resumed.best_epoch else ""
+        lines.append(f"  resuming epoch {resumed.epoch + 1} at step {resumed.step}/{steps_per_epoch} "
+                     f"(global step {resumed.global_step}{best})")
+    return "\n".join(lines)
