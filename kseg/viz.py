@@ -145,7 +145,7 @@ def image_grid(images, masks, class_names, predictions=None, palette=None, alpha
     Each sample is one tile (image + label overlay) or, with ``predictions``, two side by side (label, prediction).
 
     Args:
-        images: sequence of ``(H, W, 3)`` uint8 **RGB** images (all the same size).
+        images: sequence of ``(H, W, 3)`` uint8 **RGB** images (tiles are scaled to the first one's size).
         masks: sequence of ``(H, W)`` label ids (``ignore_index`` left uncoloured).
         class_names: names for the legend; also fixes the number of palette colours.
         predictions: optional sequence of predicted ``(H, W)`` ids.
@@ -164,7 +164,10 @@ def image_grid(images, masks, class_names, predictions=None, palette=None, alpha
         tile = [overlay(image, mask, alpha, colors, ignore_index=ignore_index, order="rgb")]
         if predictions is not None:
             tile.append(overlay(image, predictions[i], alpha, colors, ignore_index=ignore_index, order="rgb"))
-        tiles.append(np.concatenate(tile, axis=1))
+        tile = np.concatenate(tile, axis=1)
+        if tiles and tile.shape != tiles[0].shape:  # datasets such as VOC mix image sizes; a grid needs one
+            tile = cv2.resize(tile, tiles[0].shape[1::-1], interpolation=cv2.INTER_AREA)
+        tiles.append(tile)
     cols = cols or int(np.ceil(np.sqrt(len(tiles))))
     blank = np.full_like(tiles[0], 255)
     tiles += [blank] * (-len(tiles) % cols)

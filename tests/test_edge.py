@@ -1,0 +1,312 @@
+"""The edge runtime on a tiny model converted here: masks equal the references, the CLI writes what it read,
+sources survive disconnects and broken files, and nothing pulls in TensorFlow."""
+
+import json
+import logging
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import cv2
+import numpy as np
+import pytest
+
+from edge import cli
+from edge.interpreter import load_interpreter, run_once
+from edge.pipeline import Pipeline
+from edge.runtime import Segmenter
+from edge.sources import CaptureSource, Channel, GeneratedSource, SourceError, open_source
+from kseg import viz
+from kseg.errors import ModelFileError
+
+SIZE = 32  # model input
+FRAME = (60, 80)  # (H, W) of the test frames: another aspect ratio than the model's
+HUD_ROWS = 20  # the FPS text covers the top rows of every view
+NO_GUI = re.search(r"GUI:\s+NONE", cv2.getBuildInformation()) is not None  # opencv-python-headless
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A 3-class two-conv model (normalising inside, as the contract says), as Keras, float32 and int8 TFLite."""
+    keras = pytest.importorskip("keras")
+    from export.convert import to_tflite
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="tiny_preprocess")(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="tiny_conv1")(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 1, name="tiny_logits")(x))
+    rng = np.random.default_rng(0)
+    representative = [rng.integers(0, 256, (SIZE, SIZE, 3)).astype(np.float32) for _ in range(8)]
+    folder = tmp_path_factory.mktemp("models")
+    paths = {}
+    for name, kw in {"float32": {}, "int8": {"representative_data": representative}}.items():
+        paths[name] = str(folder / f"tiny_{name}.tflite")
+        with open(paths[name], "wb") as f:
+            f.write(to_tflite(model, name, **kw))
+    return {"keras": model, **paths}
+
+
+def scene(seed, size=FRAME):
+    """A smooth random BGR frame: blobs of many classes after the tiny model."""
+    rng = np.random.default_rng(seed)
+    return cv2.resize(rng.integers(0, 256, (size[0] // 8, size[1] // 8, 3), dtype=np.uint8), size[::-1])
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("video") / "clip.avi")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 10, FRAME[::-1])
+    for i in range(12):
+        writer.write(scene(i))
+    writer.release()
+    return path
+
+
+def keras_reference(model, x, box, frame_size):
+    """Keras argmax on the runtime's own model input, cut to the image box and resized as the runtime does."""
+    ids = np.argmax(model(x.astype(np.float32), training=False).numpy()[0], axis=-1).astype(np.uint8)
+    top, left, h, w = box
+    return cv2.resize(ids[top:top + h, left:left + w], frame_size[::-1], interpolation=cv2.INTER_NEAREST)
+
+
+@pytest.mark.parametrize("resize", ["stretch", "letterbox"])
+def test_float_mask_equals_keras_argmax(models, resize):
+    seg = Segmenter(models["float32"], num_threads=1, resize=resize)
+    frame = scene(1)
+    x, box = seg.preprocess(frame)
+    assert x.dtype == np.float32 and x.shape == (1, SIZE, SIZE, 3)
+    assert box == ((0, 0, SIZE, SIZE) if resize == "stretch" else (4, 0, 24, SIZE))  # 80x60 -> 32x24, padded
+    top, left, h, w = box
+    rgb = cv2.cvtColor(cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(x[0, top:top + h], rgb)  # raw [0, 255] pixels, RGB
+    assert (x[0, :top] == 0).all() and (x[0, top + h:] == 0).all()
+    result = seg.segment(frame)
+    assert result.mask.shape == FRAME and result.mask.dtype == np.uint8
+    assert set(result.timings) == {"pre", "invoke", "post"}
+    expected = keras_reference(models["keras"], x, box, FRAME)
+    assert len(np.unique(expected)) >= 2  # a meaningful comparison: not one flat class
+    np.testing.assert_array_equal(result.mask, expected)
+
+
+def test_int8_mask_equals_direct_invoke(models):
+    seg = Segmenter(models["int8"], num_threads=1)
+    details = seg.input_details
+    assert details["dtype"] == np.uint8 and details["quantization"] == (1.0, 0)
+    frame = scene(2)
+    x, box = seg.preprocess(frame)
+    rgb = cv2.cvtColor(cv2.resize(frame, (SIZE, SIZE), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(x[0], rgb)  # camera bytes go in unchanged
+    raw = run_once(load_interpreter(models["int8"], num_threads=1), x)[0]
+    expected = cv2.resize(np.argmax(raw, axis=-1).astype(np.uint8), FRAME[::-1], interpolation=cv2.INTER_NEAREST)
+    mask = seg.segment(frame).mask
+    np.testing.assert_array_equal(mask, expected)
+    float_mask = Segmenter(models["float32"], num_threads=1).segment(frame).mask
+    assert (mask == float_mask).mean() > 0.9  # int8 is close to float: quantization did not wreck the model
+
+
+def test_smoothing_is_ema_of_scores(models):
+    seg = Segmenter(models["float32"], num_threads=1, smoothing=0.75)
+    a, b = scene(3, (SIZE, SIZE)), scene(4, (SIZE, SIZE))
+    scores = [seg.invoke(seg.preprocess(f)[0]) for f in (a, b)]
+    first = seg.segment(a).mask
+    np.testing.assert_array_equal(first, np.argmax(scores[0], axis=-1))
+    smoothed = seg.segment(b).mask
+    np.testing.assert_array_equal(smoothed, np.argmax(0.75 * scores[0] + 0.25 * scores[1], axis=-1))
+    assert not np.array_equal(smoothed, np.argmax(scores[1], axis=-1))
+    seg.reset()
+    np.testing.assert_array_equal(seg.segment(b).mask, np.argmax(scores[1], axis=-1))
+
+
+def test_sidecar_metadata_and_overrides(models, tmp_path):
+    path = str(tmp_path / "m.tflite")
+    shutil.copy(models["float32"], path)
+    meta = {"labels": ["bg", "road", "car"], "palette": [[0, 0, 0], [10, 20, 30], [40, 50, 60]],
+            "input_size": [SIZE, SIZE], "normalization": "raw", "output_kind": "logits"}
+    with open(path + ".json", "w") as f:
+        json.dump(meta, f)
+    seg = Segmenter(path)
+    assert seg.labels == ["bg", "road", "car"] and seg.palette[1].tolist() == [10, 20, 30]
+    assert Segmenter(path, labels=["a", "b", "c"]).labels == ["a", "b", "c"]
+
+    meta["normalization"] = "unit"  # a [0, 1] model: the runtime divides by 255
+    with open(path + ".json", "w") as f:
+        json.dump(meta, f)
+    x, _ = Segmenter(path).preprocess(scene(5))
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5
+
+    meta["input_size"] = [64, 64]
+    with open(path + ".json", "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(ModelFileError, match="input_size"):
+        Segmenter(path)
+    with pytest.raises(ModelFileError, match="2 labels"):
+        Segmenter(models["float32"], labels=["a", "b"])
+
+
+def test_cli_run_writes_every_frame_of_a_video(models, video, tmp_path, capsys):
+    out = str(tmp_path / "out.avi")
+    assert cli.main(["run", models["float32"], "--source", video, "--out", out, "--headless", "--threads", "1"]) == 0
+    assert "12 frames" in capsys.readouterr().out
+    seg = Segmenter(models["float32"], num_threads=1)
+    src, dst = cv2.VideoCapture(video), cv2.VideoCapture(out)
+    count = 0
+    while True:
+        ok, frame = src.read()
+        ok_out, written = dst.read()
+        assert ok == ok_out, "output and input differ in frame count"
+        if not ok:
+            break
+        count += 1
+        expected = viz.overlay(frame, seg.segment(frame).mask, 0.5, seg.palette)
+        below_text = slice(HUD_ROWS, None)
+        diff = np.abs(written[below_text].astype(int) - expected[below_text]).mean()
+        assert diff < 15, f"frame {count}: output is not the overlay (mean diff {diff:.1f} after MJPG)"
+        assert np.abs(written[below_text].astype(int) - frame[below_text]).mean() > 4 * diff  # colours drawn
+    assert count == 12
+
+
+def test_cli_run_folder_skips_corrupt_image(models, tmp_path, capsys):
+    folder, out = tmp_path / "images", tmp_path / "views"
+    folder.mkdir()
+    frames = {f"img{i}": scene(10 + i) for i in range(3)}
+    for name, frame in frames.items():
+        cv2.imwrite(str(folder / f"{name}.png"), frame)
+    (folder / "img1b.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    (folder / "notes.txt").write_text("not an image, not listed")
+    code = cli.main(["run", models["float32"], "--source", str(folder), "--out", str(out), "--headless",
+                     "--mode", "side"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "img1b.png" in captured.err and "skipped" in captured.err
+    assert "3 frames" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img1.png", "img2.png"]
+    seg = Segmenter(models["float32"])
+    for name, frame in frames.items():
+        view = cv2.imread(str(out / f"{name}.png"))
+        expected = np.concatenate([frame, viz.overlay(frame, seg.segment(frame).mask, 0.5, seg.palette)], axis=1)
+        np.testing.assert_array_equal(view[HUD_ROWS:], expected[HUD_ROWS:])  # PNG: exact
+
+
+class FlakyCamera:
+    """A cv2.VideoCapture look-alike: yields ``frames`` then fails a read, like an unplugged USB camera."""
+
+    def __init__(self, opened, frames):
+        self.opened, self.frames = opened, list(frames)
+
+    def isOpened(self):
+        return self.opened
+
+    def read(self):
+        return (True, self.frames.pop(0)) if self.frames else (False, None)
+
+    def get(self, prop):
+        return 0.0
+
+    def release(self):
+        self.opened = False
+
+
+def test_camera_dropout_is_reopened_and_the_loop_goes_on(models, caplog):
+    # first open: 3 frames (one broken), then lost; 1st reopen fails; 2nd gives 3 frames; then lost for good
+    broken = np.zeros((0, 0, 3), np.uint8)
+    captures = iter([FlakyCamera(True, [scene(20), broken, scene(21)]), FlakyCamera(False, []),
+                     FlakyCamera(True, [scene(22), scene(23), scene(24)])])
+    source = CaptureSource(0, live=True, reopen_attempts=3, reopen_delay=0.01,
+                           opener=lambda target: next(captures, FlakyCamera(False, [])))
+    seen = []
+    with caplog.at_level(logging.WARNING, logger="kseg.edge"), Pipeline(source, Segmenter(models["int8"]),
+                                                                          keep_all=True) as pipe:
+        with pytest.raises(SourceError, match="camera 0 lost and not reopened after 3 attempts"):
+            for out in pipe:
+                assert out.result.mask.shape == FRAME
+                seen.append(out.frame.index)
+    assert seen == [0, 2, 3, 4, 5]  # frame 1 was broken; numbering goes on across the reopen
+    assert "broken frame frame_000001 skipped" in caplog.text and "camera 0 reopened" in caplog.text
+
+
+def test_latest_only_channel_drops_stale_frames():
+    latest = Channel(keep_all=False)
+    for i in range(5):
+        assert latest.put(i)
+    assert latest.get() == 4 and latest.dropped == 4
+    latest.close()
+    assert latest.get() is None and not latest.put(5)
+
+    every = Channel(keep_all=True, capacity=2)
+    every.put(0)
+    every.put(1)
+    with pytest.raises(TimeoutError):
+        Channel(keep_all=True).get(timeout=0.01)
+    every.close(error=SourceError("gone"))
+    assert [every.get(), every.get()] == [0, 1]  # what was queued still arrives, then the error
+    with pytest.raises(SourceError, match="gone"):
+        every.get()
+
+
+def test_live_reader_delivers_fresh_frames_to_a_slow_consumer(models):
+    source = GeneratedSource(lambda i: np.full((*FRAME, 3), i % 256, np.uint8), count=400)
+    source.live = True  # a camera: frames keep coming whether or not anyone is ready
+    with Pipeline(source, Segmenter(models["int8"])) as pipe:
+        indices = [out.frame.index for out in pipe]
+    assert indices == sorted(indices) and indices[-1] == 399
+    assert len(indices) + pipe.dropped == 400 and pipe.dropped > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "missing.tflite", "--source", "0", "--headless"], "model file not found: missing.tflite"),
+    (["run", "{garbage}", "--source", "0", "--headless"], "is not a valid TFLite model"),
+    (["run", "{model}", "--source", "no/such/clip.mp4", "--headless"], "source not found: no/such/clip.mp4"),
+    pytest.param(["run", "{model}", "--source", "{video}"], "cannot open a window",
+                 marks=pytest.mark.skipif(not NO_GUI, reason="this OpenCV can open windows")),
+    (["bench", "missing.tflite"], "model file not found"),
+])
+def test_cli_errors_are_one_line_exit_2(models, video, tmp_path, capsys, argv, message):
+    garbage = tmp_path / "garbage.tflite"
+    garbage.write_bytes(b"\x00" * 64)
+    argv = [a.format(garbage=garbage, model=models["float32"], video=video) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("kseg-edge: error:")] == [err.strip().splitlines()[-1]]
+
+
+def test_cli_bench_prints_invoke_and_pipeline_rows(models, capsys):
+    assert cli.main(["bench", models["int8"], "--threads", "1", "2", "--frames", "20", "--size", "64x48"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    stages = [(r[0], r[1]) for r in rows if len(r) >= 5 and r[0].isdigit()]
+    assert stages == [("1", "invoke"), ("1", "pipeline"), ("2", "invoke"), ("2", "pipeline")]
+    assert all(float(r[4]) > 0 for r in rows if len(r) >= 5 and r[0].isdigit())
+
+
+def test_open_source_kinds(video, tmp_path):
+    assert open_source(video).live is False
+    image = tmp_path / "one.jpg"
+    cv2.imwrite(str(image), scene(30))
+    frames = list(open_source(str(image)))
+    assert len(frames) == 1 and frames[0].name == "one" and frames[0].image.shape == (*FRAME, 3)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no images"):
+        open_source(str(tmp_path / "empty"))
+
+
+def test_runtime_never_imports_tensorflow(models, video, tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import edge.cli, edge.runtime, edge.sources, kseg.viz
+        seg = edge.runtime.Segmenter({models["int8"]!r})
+        assert seg.segment(np.zeros((48, 64, 3), np.uint8)).mask.shape == (48, 64)
+        assert edge.cli.main(["run", {models["float32"]!r}, "--source", {video!r}, "--headless",
+                              "--out", {str(tmp_path / "views")!r}]) == 0
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
+        print("HEAVY", heavy)
+        sys.exit(1 if heavy else 0)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=str(pathlib.Path(__file__).resolve().parents[1]))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(list((tmp_path / "views").iterdir())) == 12
