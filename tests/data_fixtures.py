@@ -80,8 +80,9 @@ def write_cityscapes(tmp_path):
     """``leftImg8bit/{train,val}/{city}/*_leftImg8bit.png`` with ``gtFine/.../*_gtFine_labelIds.png``."""
     root = tmp_path / "cityscapes"
     label_ids = {}
-    for i, (split, city, frame) in enumerate((("train", "aachen", "000000_000019"), ("train", "bochum", "000000_000313"),
-                                              ("val", "frankfurt", "000000_000294"))):
+    frames = (("train", "aachen", "000000_000019"), ("train", "bochum", "000000_000313"),
+              ("val", "frankfurt", "000000_000294"))
+    for i, (split, city, frame) in enumerate(frames):
         ids = blocks([0, 7, 26, 33, 4, 9, 24, 11], seed=20 + i)
         write_rgb(root / "leftImg8bit" / split / city / f"{city}_{frame}_leftImg8bit.png", random_image(20 + i))
         write_gray(root / "gtFine" / split / city / f"{city}_{frame}_gtFine_labelIds.png", ids)

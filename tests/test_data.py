@@ -1,6 +1,7 @@
 """kseg.data: formats on tiny fixtures in the real layouts, the tf.data pipeline, errors, augmentation."""
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,7 +23,7 @@ def load(cfg, split, **kw):
 
 
 def stems(cfg, split):
-    return [p.rsplit("/", 1)[-1].split(".")[0] for p, _ in list_samples(cfg, split)]
+    return [Path(image).stem for image, _ in list_samples(cfg, split)]
 
 
 def test_list_formats():

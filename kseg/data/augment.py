@@ -5,6 +5,8 @@ inside the tf.data pipeline (the layers move masks with nearest interpolation); 
 is per sample, in OpenCV, at decode time.
 """
 
+import itertools
+
 import cv2
 import numpy as np
 
@@ -48,12 +50,14 @@ def batch_augmenter(spec, ignore_index, seed=None):
     import keras
     import tensorflow as tf
 
-    seeds = iter(range(seed, seed + 16)) if seed is not None else iter([None] * 16)
-    fill = {"fill_mode": spec["fill"], "fill_value": 0.0}
+    seeds = itertools.count(seed) if seed is not None else itertools.repeat(None)
+    # float32 whatever the global dtype policy: the data contract does not follow mixed precision.
+    common = {"dtype": "float32"}
+    fill = dict(common, fill_mode=spec["fill"], fill_value=0.0)
     geometric = []
     flip = {(True, False): "horizontal", (False, True): "vertical", (True, True): "horizontal_and_vertical"}
     if spec["hflip"] or spec["vflip"]:
-        geometric.append(keras.layers.RandomFlip(flip[spec["hflip"], spec["vflip"]], seed=next(seeds)))
+        geometric.append(keras.layers.RandomFlip(flip[spec["hflip"], spec["vflip"]], seed=next(seeds), **common))
     if spec["rotate"]:
         geometric.append(keras.layers.RandomRotation(spec["rotate"], seed=next(seeds), **fill))
     if spec["scale"]:
@@ -61,13 +65,13 @@ def batch_augmenter(spec, ignore_index, seed=None):
         lo, hi = spec["scale"]
         geometric.append(keras.layers.RandomZoom((1 / hi - 1, 1 / lo - 1), seed=next(seeds), **fill))
     if spec["translate"]:
-        geometric.append(keras.layers.RandomTranslation(spec["translate"], spec["translate"], seed=next(seeds),
-                                                        **fill))
+        t = spec["translate"]
+        geometric.append(keras.layers.RandomTranslation(t, t, seed=next(seeds), **fill))
     colour = []
     if spec["brightness"]:
-        colour.append(keras.layers.RandomBrightness(spec["brightness"], value_range=(0, 255), seed=next(seeds)))
+        colour.append(keras.layers.RandomBrightness(spec["brightness"], (0, 255), seed=next(seeds), **common))
     if spec["contrast"]:
-        colour.append(keras.layers.RandomContrast(spec["contrast"], value_range=(0, 255), seed=next(seeds)))
+        colour.append(keras.layers.RandomContrast(spec["contrast"], (0, 255), seed=next(seeds), **common))
     if not geometric and not colour:
         return None
 

@@ -66,7 +66,8 @@ def build_dataset(data_cfg, split, batch_size, augment=False, shuffle=None, repe
         augment: apply ``data.augment``.
         shuffle: reshuffle every epoch; None means shuffle the "train" split only.
         repeat: repeat forever.
-        seed: int for reproducible order and augmentation, or None.
+        seed: int for reproducible order and augmentation (batch augmentation then runs on one
+            thread), or None.
         drop_remainder: drop the last incomplete batch (gives a static batch dimension).
 
     Returns:
@@ -101,7 +102,8 @@ def build_dataset(data_cfg, split, batch_size, augment=False, shuffle=None, repe
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     augmenter = batch_augmenter(cfg["augment"], cfg["ignore_index"], seed) if augment else None
     if augmenter is not None:
-        ds = ds.map(augmenter, num_parallel_calls=tf.data.AUTOTUNE)
+        # The layers draw from one seed generator; parallel calls would hand its draws out in any order.
+        ds = ds.map(augmenter, num_parallel_calls=None if seed is not None else tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
