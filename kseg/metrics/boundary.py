@@ -141,7 +141,9 @@ class BoundaryF1:
         labels = np.asarray(labels)
         preds = np.asarray(preds)
         if labels.shape != preds.shape or labels.ndim not in (2, 3):
-            raise ValueError(f"expected (H, W) or (B, H, W) maps of the same shape, got {labels.shape} and {preds.shape}")
+            raise ValueError(
+                f"expected (H, W) or (B, H, W) maps of the same shape, got {labels.shape} and {preds.shape}"
+            )
         if labels.ndim == 2:
             labels, preds = labels[None], preds[None]
         tol_px = _tolerance_px(self.tolerance, labels.shape[1:])

@@ -224,7 +224,7 @@ class ConfusionMatrix:
             )
         ]
         footer = [
-            ("mean", pct(self.mean_iou()), pct(self.mean_dice()), pct(self.mean_class_accuracy()), str(int(self.total))),
+            ("mean", *map(pct, (self.mean_iou(), self.mean_dice(), self.mean_class_accuracy())), str(int(self.total))),
             ("pixel acc", pct(self.pixel_accuracy()), "", "", ""),
             ("fwIoU", pct(self.frequency_weighted_iou()), "", "", ""),
         ]
