@@ -56,10 +56,10 @@ def export_model(model_path, mode="int8", config_path=None, out_path=None, num_c
     meta = {"input_size": [int(d) for d in model.inputs[0].shape[1:3]], "normalization": "raw",
             "output_kind": "logits", "mode": mode}
     if cfg is not None:
-        from kseg.data import class_info
+        from kseg.data import dataset_info
 
-        names, palette = class_info(cfg["data"])
-        meta.update(labels=list(names), palette=np.asarray(palette).astype(int).tolist())
+        info = dataset_info(cfg["data"])
+        meta.update(labels=list(info["class_names"]), palette=np.asarray(info["palette"]).astype(int).tolist())
     write_atomic(metadata_path(out_path), json.dumps(meta, indent=2).encode())
     result = {"path": out_path, "size_bytes": len(data), "mode": mode}
     if cfg is not None:

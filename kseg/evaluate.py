@@ -38,14 +38,15 @@ def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, ver
     Returns:
         The metrics dict written to ``metrics.json``.
     """
-    from kseg.data import build_dataset, class_info
+    from kseg.data import build_dataset, dataset_info
 
     data_cfg = cfg["data"]
     run_dir = cfg["output"]["dir"]
     model_path = model_path or os.path.join(run_dir, "best.keras")
     out_dir = out_dir or os.path.join(run_dir, f"report-{split}")
     num_classes, ignore = int(data_cfg["num_classes"]), int(data_cfg["ignore_index"])
-    names, colours = class_info(data_cfg)
+    info = dataset_info(data_cfg)
+    names, colours = info["class_names"], info["palette"]
     predict = predictor(model_path)
 
     cm, bf = ConfusionMatrix(num_classes, ignore), BoundaryF1(num_classes, ignore_index=ignore)
