@@ -144,49 +144,70 @@ class Sink:
             self._video.release()
 
 
+class Meter:
+    """Frame rate (exponential average of frame intervals) and end-to-end latencies of a run."""
+
+    def __init__(self):
+        self.start = self._last = time.perf_counter()
+        self.fps, self.latencies = 0.0, []
+
+    def tick(self, output):
+        now = time.perf_counter()
+        rate = 1.0 / max(now - self._last, 1e-6)
+        self.fps = rate if not self.latencies else 0.9 * self.fps + 0.1 * rate
+        self._last = now
+        self.latencies.append(latency_ms(output))
+
+    def summary(self, dropped):
+        n, wall = len(self.latencies), time.perf_counter() - self.start
+        if not n:
+            return "no frames processed"
+        p50, p90 = np.percentile(self.latencies, [50, 90])
+        return (f"{n} frames in {wall:.1f} s ({n / wall:.1f} FPS), latency p50 {p50:.1f} ms p90 {p90:.1f} ms, "
+                f"{dropped} dropped")
+
+
 def _run(args):
     segmenter = _segmenter(args, args.threads, args.smooth)
     source = open_source(args.source)
     sink = Sink(args.out, source.fps) if args.out else None
-    snapshots = args.out if sink and sink.fourcc is None else "."
-    mode, frames, fps, latencies, dropped = args.mode, 0, 0.0, [], 0
     if not args.headless:
         _open_window()
-    start = last = time.perf_counter()
+    meter, dropped = Meter(), 0
     try:
         with Pipeline(source, segmenter, keep_all=False if args.realtime else None, pace=args.realtime) as pipe:
-            for out in pipe:
-                view = render(out.frame.image, out.result.mask, mode, segmenter.palette, args.alpha)
-                now = time.perf_counter()
-                rate = 1.0 / max(now - last, 1e-6)
-                fps, last = (rate if frames == 0 else 0.9 * fps + 0.1 * rate), now
-                latencies.append(latency_ms(out))
-                draw_text(view, f"{fps:.1f} FPS  {latencies[-1]:.0f} ms  invoke {out.result.timings['invoke']:.1f} ms")
-                if sink:
-                    sink.write(out.frame.name, view)
-                frames += 1
-                key = -1 if args.headless else _show(view)
-                if key in (ord("q"), 27) or (args.max_frames and frames >= args.max_frames):
-                    break
-                if key == ord("m"):
-                    mode = MODES[(MODES.index(mode) + 1) % len(MODES)]
-                elif key == ord("s"):
-                    path = os.path.join(snapshots, f"kseg_edge_{out.frame.name}_{mode}.png")
-                    print(f"kseg-edge: saved {path}" if cv2.imwrite(path, view) else f"kseg-edge: cannot write {path}")
+            try:  # Ctrl-C ends the run like q: the video is finalised and the stats printed
+                _loop(pipe, segmenter, sink, meter, args)
+            except KeyboardInterrupt:
+                pass
             dropped = pipe.dropped
     finally:
         if sink:
             sink.close()
         if not args.headless:
             cv2.destroyAllWindows()
-    wall = time.perf_counter() - start
-    if not frames:
-        print("kseg-edge: no frames processed")
-        return 0
-    print(f"kseg-edge: {frames} frames in {wall:.1f} s ({frames / wall:.1f} FPS), latency p50 "
-          f"{np.percentile(latencies, 50):.1f} ms p90 {np.percentile(latencies, 90):.1f} ms, {dropped} dropped"
-          + (f"; wrote {args.out}" if sink else ""))
+    print(f"kseg-edge: {meter.summary(dropped)}" + (f"; wrote {args.out}" if sink and meter.latencies else ""))
     return 0
+
+
+def _loop(pipe, segmenter, sink, meter, args):
+    mode = args.mode
+    snapshots = args.out if sink and sink.fourcc is None else "."
+    for out in pipe:
+        view = render(out.frame.image, out.result.mask, mode, segmenter.palette, args.alpha)
+        meter.tick(out)
+        draw_text(view, f"{meter.fps:.1f} FPS  {meter.latencies[-1]:.0f} ms  "
+                        f"invoke {out.result.timings['invoke']:.1f} ms")
+        if sink:
+            sink.write(out.frame.name, view)
+        key = -1 if args.headless else _show(view)
+        if key in (ord("q"), 27) or len(meter.latencies) == args.max_frames:
+            return
+        if key == ord("m"):
+            mode = MODES[(MODES.index(mode) + 1) % len(MODES)]
+        elif key == ord("s"):
+            path = os.path.join(snapshots, f"kseg_edge_{out.frame.name}_{mode}.png")
+            print(f"kseg-edge: saved {path}" if cv2.imwrite(path, view) else f"kseg-edge: cannot write {path}")
 
 
 def _open_window():

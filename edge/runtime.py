@@ -201,8 +201,9 @@ class Segmenter:
 
 
 def _labels(labels, num_classes):
+    need = max(num_classes, 2)  # a one-channel output still has background and foreground
     if labels is None:
-        return [str(i) for i in range(num_classes)]
+        return [str(i) for i in range(need)]
     if isinstance(labels, (str, os.PathLike)):
         try:
             with open(labels, encoding="utf-8") as f:
@@ -210,7 +211,6 @@ def _labels(labels, num_classes):
         except OSError as e:
             raise ModelFileError(f"cannot read labels file {labels}: {e.strerror}") from None
     labels = [str(n) for n in labels]
-    need = max(num_classes, 2)  # a one-channel output still has background and foreground
     if len(labels) != need:
         raise ModelFileError(f"{len(labels)} labels given but the model has {need} classes")
     return labels

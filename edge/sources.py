@@ -92,6 +92,8 @@ class CaptureSource:
         except cv2.error:
             return None
         if cap.isOpened():
+            if self.live and hasattr(cap, "set"):
+                cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # a driver queue of old frames would add their age to latency
             return cap
         cap.release()
         return None

@@ -39,15 +39,20 @@ def models(tmp_path_factory):
     x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="tiny_preprocess")(inputs)
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="tiny_conv1")(x)
     model = keras.Model(inputs, keras.layers.Conv2D(3, 1, name="tiny_logits")(x))
+    binary = keras.Model(inputs, keras.layers.Conv2D(1, 1, name="tiny_binary_logits")(x))
     rng = np.random.default_rng(0)
     representative = [rng.integers(0, 256, (SIZE, SIZE, 3)).astype(np.float32) for _ in range(8)]
     folder = tmp_path_factory.mktemp("models")
     paths = {}
-    for name, kw in {"float32": {}, "int8": {"representative_data": representative}}.items():
+    for name, (m, kw) in {"float32": (model, {"mode": "float32"}),
+                          "int8": (model, {"mode": "int8", "representative_data": representative}),
+                          "int8io": (model, {"mode": "int8", "representative_data": representative,
+                                             "io_dtype": "int8"}),
+                          "binary": (binary, {"mode": "float32"})}.items():
         paths[name] = str(folder / f"tiny_{name}.tflite")
         with open(paths[name], "wb") as f:
-            f.write(to_tflite(model, name, **kw))
-    return {"keras": model, **paths}
+            f.write(to_tflite(m, **kw))
+    return {"keras": model, "keras_binary": binary, **paths}
 
 
 def scene(seed, size=FRAME):
@@ -106,6 +111,33 @@ def test_int8_mask_equals_direct_invoke(models):
     np.testing.assert_array_equal(mask, expected)
     float_mask = Segmenter(models["float32"], num_threads=1).segment(frame).mask
     assert (mask == float_mask).mean() > 0.9  # int8 is close to float: quantization did not wreck the model
+
+
+def test_int8_input_with_zero_point_is_quantized(models):
+    seg = Segmenter(models["int8io"], num_threads=1)
+    assert seg.input_details["dtype"] == np.int8 and seg.input_details["quantization"] == (1.0, -128)
+    frame = scene(6, (SIZE, SIZE))
+    x, _ = seg.preprocess(frame)
+    expected_input = (cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(np.int16) - 128).astype(np.int8)
+    np.testing.assert_array_equal(x[0], expected_input)
+    raw = run_once(load_interpreter(models["int8io"], num_threads=1), x)[0]
+    np.testing.assert_array_equal(seg.segment(frame).mask, np.argmax(raw, axis=-1))
+
+
+@pytest.mark.parametrize("output_kind, threshold", [("logits", 0.0), ("probabilities", 0.5)])
+def test_one_channel_output_is_thresholded(models, tmp_path, output_kind, threshold):
+    path = str(tmp_path / "binary.tflite")
+    shutil.copy(models["binary"], path)
+    with open(path + ".json", "w") as f:
+        json.dump({"output_kind": output_kind}, f)
+    seg = Segmenter(path, num_threads=1)
+    assert seg.num_classes == 1 and seg.labels == ["0", "1"]
+    frame = scene(7, (SIZE, SIZE))
+    x, _ = seg.preprocess(frame)
+    scores = models["keras_binary"](x, training=False).numpy()[0, ..., 0]
+    expected = scores > threshold
+    assert 0 < expected.mean() < 1
+    np.testing.assert_array_equal(seg.segment(frame).mask, expected)
 
 
 def test_smoothing_is_ema_of_scores(models):
