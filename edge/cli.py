@@ -3,7 +3,12 @@
 Usage:
     kseg-edge run MODEL.tflite --source 0|video.mp4|rtsp://..|folder [--out out.mp4|outdir] [--headless]
                   [--threads N] [--edgetpu] [--alpha A] [--letterbox] [--mode overlay|mask|side] [--smooth S]
+                  [--labels FILE] [--realtime] [--max-frames N]
     kseg-edge bench MODEL.tflite [--threads 1 2] [--frames N] [--size 640x480]
+
+Live sources (cameras, streams) hand over the newest frame only; files are processed frame by frame
+(``--realtime`` plays them at their frame rate and drops what inference cannot keep up with). Errors a user can
+fix are printed on one line, exit code 2.
 
 Keys in the window: ``m`` next view (overlay / mask / side by side), ``s`` save the frame, ``q`` or Esc quit.
 """
