@@ -21,7 +21,7 @@ def _as_tuple(values, what):
 
 
 def _check_per_class(values, num_classes, what):
-    if values is not None and len(values) != num_classes:
+    if len(values) != num_classes:
         raise ValueError(f"{what} has {len(values)} entries but the logits have {num_classes} classes")
 
 

@@ -42,8 +42,7 @@ class ConfusionMatrix:
         ignore_index: label value that is never scored (255 by the kseg convention); ``None`` scores every pixel.
 
     Example:
-        >>> cm = ConfusionMatrix(num_classes=3)
-        >>> cm.update(np.array([[0, 1], [2, 255]]), np.array([[0, 1], [1, 2]]))
+        >>> cm = ConfusionMatrix(num_classes=3).update(np.array([[0, 1], [2, 255]]), np.array([[0, 1], [1, 2]]))
         >>> round(cm.mean_iou(), 3)
         0.5
         >>> print(cm.table(["sky", "road", "car"]))  # doctest: +SKIP

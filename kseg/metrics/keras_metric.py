@@ -20,7 +20,7 @@ class _ConfusionMetric(keras.metrics.Metric):
         ConfusionMatrix(num_classes, ignore_index)  # validates the arguments with the engine's messages
         self.num_classes = int(num_classes)
         self.ignore_index = ignore_index
-        # float64 counts stay exact up to 2**53 pixels (float32 would stall at 2**24, one 4k frame); the variables
+        # float64 counts stay exact up to 2**53 pixels (float32 stops counting at 2**24, two 4k frames); the variables
         # sum across replicas on read, so the metric is right under tf.distribute strategies.
         self.confusion = self.add_variable(
             shape=(self.num_classes, self.num_classes), initializer="zeros", dtype="float64", name="confusion"
