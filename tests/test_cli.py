@@ -1,0 +1,109 @@
+"""The ``kseg`` command end to end: train -> evaluate -> predict -> export int8 -> edge runtime, and its errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from kseg.cli import main
+
+TINY = {
+    "model": {"name": "unet", "base_filters": 8, "depth": 2},
+    "data": {"format": "synthetic", "image_size": [64, 64], "num_classes": 3,
+             "synthetic": {"num_images": 24, "seed": 0}, "splits": {"train": "0-15", "val": "16-23"},
+             "augment": {"hflip": True}},
+    "loss": {"ce": 1.0, "dice": 1.0},
+    "train": {"epochs": 3, "batch_size": 4, "optimizer": {"name": "adam", "lr": 3e-3}},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run through the CLI, shared by the tests below."""
+    root = tmp_path_factory.mktemp("cli")
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"]["root"] = str(root / "data")
+    cfg["output"] = {"dir": str(root / "run")}
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path), "--quiet"]) == 0
+    return root, path
+
+
+def test_train_writes_run_folder(trained):
+    root, _ = trained
+    run = root / "run"
+    for name in ("best.keras", "last.keras", "run.yaml", "history.csv"):
+        assert (run / name).is_file(), name
+
+
+def test_evaluate_writes_report_with_pictures(trained, capsys):
+    root, path = trained
+    out = root / "report"
+    assert main(["evaluate", str(path), "--out", str(out), "--samples", "2"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 8
+    assert 0.0 <= metrics["mean_iou"] <= 1.0
+    assert len(metrics["per_class_iou"]) == 3
+    for name in ("confusion_matrix.png", "per_class_iou.png", "samples.png", "table.txt"):
+        assert cv2.imread(str(out / name)) is not None or name.endswith(".txt"), name
+    assert "IoU" in capsys.readouterr().out
+
+
+def test_predict_folder_writes_masks_and_skips_bad_files(trained, tmp_path, capsys):
+    root, _ = trained
+    images = tmp_path / "in"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(images / "a.png"), rng.integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    (images / "broken.png").write_bytes(b"not a png")
+    assert main(["predict", str(root / "run" / "best.keras"), str(images), "--out", str(tmp_path / "out")]) == 0
+    mask = cv2.imread(str(tmp_path / "out" / "a_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (50, 70) and mask.max() < 3
+    assert (tmp_path / "out" / "a_overlay.png").is_file()
+    assert "broken.png" in capsys.readouterr().out
+
+
+def test_export_int8_matches_keras_and_runs_on_edge(trained, tmp_path, capsys):
+    root, path = trained
+    tflite = tmp_path / "m.tflite"
+    assert main(["export", str(root / "run" / "best.keras"), "--to", "int8", "--config", str(path),
+                 "--out", str(tflite), "--calibration", "8"]) == 0
+    assert "int8" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "m.tflite.json").read_text())
+    assert meta["input_size"] == [64, 64] and len(meta["labels"]) == 3
+    from export.verify import compare_on_split
+    from kseg.config import load_config
+    from kseg.saving import load_model
+
+    scores = compare_on_split(load_model(root / "run" / "best.keras"), tflite, load_config(path)["data"])
+    assert scores["num_images"] == 8
+    # int8 of a small trained model agrees with float on nearly every pixel; a broken quantization does not
+    assert scores["agreement"] > 0.95, scores
+    assert abs(scores["keras_miou"] - scores["tflite_miou"]) < 0.05, scores
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "f.png"), np.full((48, 64, 3), 128, np.uint8))
+    assert main(["run", str(tflite), "--source", str(frames), "--out", str(tmp_path / "views"), "--headless"]) == 0
+    assert os.listdir(tmp_path / "views")
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "model.keras"
+    bad.write_text("not a model")
+    cases = [
+        ["predict", str(tmp_path / "missing.keras"), str(tmp_path)],
+        ["predict", str(bad), str(tmp_path)],
+        ["train", str(tmp_path / "missing.yaml")],
+        ["export", str(bad), "--to", "float32"],
+    ]
+    for args in cases:
+        proc = subprocess.run([sys.executable, "-m", "kseg.cli", *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith(f"kseg {args[0]}: error:"), proc.stderr
