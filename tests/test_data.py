@@ -208,6 +208,10 @@ def test_wrapped_error_unwraps_and_check_collects(tmp_path):
     ({"augment": {"flip": True}}, "data.augment.flip: unknown key"),
     ({"palette": [[0, 0]]}, "data.palette must be a list of"),
     ({"resize": "crop"}, "data.resize must be one of stretch, letterbox"),
+    ({"crop_size": [0, 4]}, "data.crop_size must be [height, width]"),
+    ({"crop_size": [4, 16]}, "data.crop_size [4, 16] is larger than data.image_size [8, 8]"),
+    ({"crop_pad": 1}, "data.crop_pad must be bool"),
+    ({"cache": "yes"}, "data.cache must be bool"),
 ])
 def test_config_errors(tmp_path, change, message):
     cfg = dict({"format": "folder", "root": str(tmp_path), "num_classes": 3, "image_size": [8, 8]}, **change)
@@ -222,6 +226,7 @@ def test_config_defaults_and_relative_root(tmp_path, monkeypatch):
     cfg = validate_data_config({"format": "isbi", "root": "isbi", "image_size": 64}, base_dir=tmp_path)
     assert cfg["root"] == str(root) and cfg["image_size"] == [64, 64] and cfg["num_classes"] == 2
     assert cfg["ignore_index"] == 255 and cfg["mask_dir"] == "train/label" and cfg["augment"]["hflip"] is False
+    assert cfg["crop_size"] is None and cfg["crop_pad"] is False and cfg["cache"] is False
     assert validate_data_config(cfg) == cfg
     with pytest.raises(ConfigError, match="format 'isbi' has 2 classes"):
         validate_data_config(dict(cfg, num_classes=3))
@@ -289,6 +294,79 @@ def test_elastic_deformation_keeps_mask_aligned(tmp_path):
     _assert_aligned(images, labels)
     again = load(cfg, "train", augment=True, seed=5)[1]
     np.testing.assert_array_equal(labels, again)  # reproducible by seed
+
+
+# ---------------------------------------------------------------------------------------------------- crops, cache
+
+def _window_offset(full, crop):
+    """(top, left) where ``crop`` occurs in ``full``; asserts that there is exactly one."""
+    (fh, fw), (ch, cw) = full.shape[:2], crop.shape[:2]
+    hits = [(y, x) for y in range(fh - ch + 1) for x in range(fw - cw + 1)
+            if np.array_equal(full[y:y + ch, x:x + cw], crop)]
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+def test_random_crops_are_aligned_windows_and_validation_stays_full(tmp_path):
+    root, labels = fx.write_folder(tmp_path, n=4, masks="index")
+    cfg = {"format": "folder", "root": str(root), "num_classes": 3, "image_size": SIZE, "crop_size": [16, 20],
+           "splits": {"train": "0-3", "val": "0-3"}}
+    full_images, full_labels = load(cfg, "val")
+    assert full_images.shape == (4, fx.H, fx.W, 3)  # no augmentation: no crop
+    images, got = load(cfg, "train", augment=True, seed=1)
+    assert images.shape == (4, 16, 20, 3) and got.shape == (4, 16, 20) and images.dtype == np.float32
+    offsets = set()
+    for full_image, full_label, image, label in zip(full_images, full_labels, images, got):
+        top, left = _window_offset(full_image, image)  # random-valued images: a unique window
+        np.testing.assert_array_equal(label, full_label[top:top + 16, left:left + 20])
+        offsets.add((top, left))
+    assert len(offsets) > 1
+    np.testing.assert_array_equal(got, load(cfg, "train", augment=True, seed=1)[1])  # reproducible by seed
+
+
+def test_crops_after_geometric_and_elastic_augmentation_stay_aligned(tmp_path):
+    cfg = dict(_encoded_dataset(tmp_path), crop_size=[32, 40])
+    cfg["augment"] = {"hflip": True, "rotate": 0.05, "scale": [0.8, 1.2], "elastic": {"alpha": 34, "sigma": 4}}
+    images, labels = load(cfg, "train", augment=True, seed=2)
+    assert images.shape == (4, 32, 40, 3)
+    _assert_aligned(images, labels)
+
+
+def test_crop_larger_than_image_pads_with_ignore(tmp_path):
+    root, _ = fx.write_folder(tmp_path, n=2, masks="index")
+    cfg = {"format": "folder", "root": str(root), "num_classes": 3, "image_size": SIZE, "splits": {"train": "0-1"},
+           "crop_size": [fx.H + 6, fx.W + 8], "crop_pad": True}
+    full_images, full_labels = load(cfg, "train")
+    images, labels = load(cfg, "train", augment=True, seed=3)
+    assert images.shape == (2, fx.H + 6, fx.W + 8, 3)
+    for full_image, full_label, image, label in zip(full_images, full_labels, images, labels):
+        rows, cols = np.nonzero(label != 255)  # the fixture has no ignore pixels: inside = the sample
+        top, left = rows.min(), cols.min()
+        assert rows.max() - top + 1 == fx.H and cols.max() - left + 1 == fx.W
+        np.testing.assert_array_equal(label[top:top + fx.H, left:left + fx.W], full_label)
+        np.testing.assert_array_equal(image[top:top + fx.H, left:left + fx.W], full_image)
+        assert (label == 255).sum() == label.size - fx.H * fx.W and image[label == 255].max() == 0
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_cache_decodes_each_sample_once(tmp_path, monkeypatch, cache):
+    import kseg.data.pipeline as pipeline
+
+    root, _ = fx.write_folder(tmp_path, n=3, masks="index")
+    cfg = {"format": "folder", "root": str(root), "num_classes": 3, "image_size": SIZE, "crop_size": [16, 16],
+           "cache": cache, "augment": {"hflip": True}, "splits": {"train": "0-2"}}
+    decoded, original = [], pipeline.load_sample
+
+    def counting_load(data_cfg, image_path, mask_path):
+        decoded.append(image_path)
+        return original(data_cfg, image_path, mask_path)
+
+    monkeypatch.setattr(pipeline, "load_sample", counting_load)
+    epochs = [batch[0].numpy() for batch in build_dataset(cfg, "train", 3, augment=True, repeat=True).take(3)]
+    assert (len(decoded) == 3) if cache else (len(decoded) >= 9)
+    assert not np.array_equal(epochs[0], epochs[1])  # augmentation after the cache: not frozen
+    plain = load(dict(cfg, cache=False), "train")
+    np.testing.assert_array_equal(load(cfg, "train")[1], plain[1])
 
 
 # ---------------------------------------------------------------------------------------------------- synthetic

@@ -15,6 +15,12 @@ Data config schema (the ``data:`` section of an experiment file; defaults after 
                               # folder: required (or len(class_names) / len(palette))
       ignore_index: 255       # label never scored; also the fill of padding and of augmentation borders
       resize: stretch         # stretch to image_size | letterbox (keep aspect, pad bottom/right)
+      crop_size: [256, 256]   # = null; [H, W] (or one int): with augment=True, random crops of this size
+                              # cut after the batch augmentation and before elastic; without augment
+                              # (validation) samples stay at image_size, for fully convolutional models
+      crop_pad: false         # allow crop_size > image_size: the rest is image 0, label ignore_index
+      cache: false            # keep the decoded, resized samples in memory (uint8) after the first
+                              # epoch; for small datasets only: without it nothing grows with the data
       splits:                 # split name -> spec; each format says what a bare name means
         train: "0-19"         #   index range(s) over the naturally sorted pairs, e.g. "0-9,20-29"
         val: "20-23"          #   or "list.txt" (stems, relative to root), or {image_dir, mask_dir},
@@ -35,7 +41,7 @@ Data config schema (the ``data:`` section of an experiment file; defaults after 
         translate: 0.1        # max shift, fraction of H and W
         brightness: 0.2       # image only; fraction of 255
         contrast: 0.2         # image only
-        elastic: {alpha: 34, sigma: 4, p: 1.0}   # pixels at image_size; per sample, OpenCV
+        elastic: {alpha: 34, sigma: 4, p: 1.0}   # pixels at image_size; per sample (crop), OpenCV
         fill: constant        # borders: constant (image 0, label ignore) | reflect
 
 Errors a user can fix are `kseg.errors.ConfigError` (the config) and `kseg.errors.DataError`

@@ -1,8 +1,9 @@
 """Mask-aware augmentation.
 
 Geometric transforms and colour jitter are Keras 3 preprocessing layers applied to whole batches
-inside the tf.data pipeline (the layers move masks with nearest interpolation); elastic deformation
-is per sample, in OpenCV, at decode time.
+inside the tf.data pipeline (the layers move masks with nearest interpolation). Random crops and
+elastic deformation come after them, per sample, in numpy/OpenCV: deforming the crop only is cheaper
+than deforming the whole image.
 """
 
 import itertools
@@ -34,6 +35,59 @@ def elastic_deform(image, label, rng, alpha, sigma):
     label = cv2.remap(label.astype(np.float32), map_x, map_y, cv2.INTER_NEAREST,
                       borderMode=cv2.BORDER_REFLECT_101)
     return image.reshape(h, w, -1), label.astype(np.int32)
+
+
+def random_crop(image, label, size, rng, ignore_index):
+    """Cuts a random window of ``size`` out of a sample.
+
+    Args:
+        image: (H, W, C) array.
+        label: (H, W) array.
+        size: (h, w) of the window; where it is larger than the sample, the window is placed at a
+            random position around the sample and the rest is image 0, label ``ignore_index``.
+        rng: numpy Generator.
+        ignore_index: label of the padding.
+
+    Returns:
+        (image (h, w, C), label (h, w)), same dtypes.
+    """
+    (height, width), (ch, cw) = label.shape, size
+    top = int(rng.integers(min(0, height - ch), max(0, height - ch) + 1))
+    left = int(rng.integers(min(0, width - cw), max(0, width - cw) + 1))
+    out_image = np.zeros((ch, cw, image.shape[-1]), image.dtype)
+    out_label = np.full((ch, cw), ignore_index, label.dtype)
+    y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + ch, height), min(left + cw, width)
+    out_image[y0 - top:y1 - top, x0 - left:x1 - left] = image[y0:y1, x0:x1]
+    out_label[y0 - top:y1 - top, x0 - left:x1 - left] = label[y0:y1, x0:x1]
+    return out_image, out_label
+
+
+def sample_augmenter(crop_size, elastic, ignore_index):
+    """Builds ``fn(images, labels, rng) -> (images, labels)``: per-sample random crop, then elastic deformation.
+
+    Args:
+        crop_size: (h, w) of the random crops, or None.
+        elastic: validated ``data.augment.elastic`` dict, or None.
+        ignore_index: label of crop padding.
+
+    Returns:
+        The function over numpy batches, or None when neither is asked for.
+    """
+    if crop_size is None and elastic is None:
+        return None
+
+    def augment(images, labels, rng):
+        out = []
+        for image, label in zip(images, labels):
+            if crop_size is not None:
+                image, label = random_crop(image, label, crop_size, rng, ignore_index)
+            if elastic is not None and rng.random() < elastic["p"]:
+                image, label = elastic_deform(image, label, rng, elastic["alpha"], elastic["sigma"])
+            out.append((image, label))
+        images, labels = zip(*out)
+        return np.stack(images), np.stack(labels)
+
+    return augment
 
 
 def batch_augmenter(spec, ignore_index, seed=None):

@@ -9,7 +9,7 @@ from kseg.data.formats import get_format, list_formats
 from kseg.errors import ConfigError
 
 _KEYS = ("format", "root", "num_classes", "image_size", "ignore_index", "splits", "augment", "resize",
-         "image_dir", "mask_dir", "palette", "class_names", "synthetic")
+         "image_dir", "mask_dir", "palette", "class_names", "synthetic", "crop_size", "crop_pad", "cache")
 _AUGMENT_KEYS = ("hflip", "vflip", "rotate", "scale", "translate", "brightness", "contrast", "elastic", "fill")
 _SYNTHETIC_MAX_CLASSES = 8
 
@@ -37,7 +37,7 @@ def validate_data_config(cfg, base_dir=None):
     fmt = get_format(_require(cfg, "format", str))
     cfg["root"] = str(fmt.locate(_resolve_root(_require(cfg, "root", (str, os.PathLike)), base_dir,
                                                fmt.root_must_exist)))
-    cfg["image_size"] = _image_size(_require(cfg, "image_size", (int, list, tuple)))
+    cfg["image_size"] = _size(_require(cfg, "image_size", (int, list, tuple)), "data.image_size")
     cfg["num_classes"] = _num_classes(cfg, fmt)
     cfg["ignore_index"] = _int(cfg.get("ignore_index", 255), "data.ignore_index")
     if 0 <= cfg["ignore_index"] < cfg["num_classes"]:
@@ -51,6 +51,9 @@ def validate_data_config(cfg, base_dir=None):
     cfg["synthetic"] = _synthetic(cfg) if fmt.name == "synthetic" else None
     cfg["splits"] = _splits(cfg)
     cfg["augment"] = _augment(cfg.get("augment"))
+    cfg["crop_pad"] = _typed(cfg.get("crop_pad", False), bool, "data.crop_pad")
+    cfg["crop_size"] = _crop_size(cfg)
+    cfg["cache"] = _typed(cfg.get("cache", False), bool, "data.cache")
     return cfg
 
 
@@ -103,11 +106,23 @@ def _resolve_root(root, base_dir, must_exist):
     return candidates[0].resolve()
 
 
-def _image_size(value):
-    size = [value, value] if isinstance(value, int) else list(value)
-    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
-        raise ConfigError(f"data.image_size must be [height, width] (positive integers), got {value!r}")
-    return size
+def _size(value, name):
+    size = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ConfigError(f"{name} must be [height, width] (positive integers), got {value!r}")
+    return list(size)
+
+
+def _crop_size(cfg):
+    if cfg.get("crop_size") is None:
+        return None
+    crop = _size(cfg["crop_size"], "data.crop_size")
+    if not cfg["crop_pad"] and (crop[0] > cfg["image_size"][0] or crop[1] > cfg["image_size"][1]):
+        raise ConfigError(f"data.crop_size {crop} is larger than data.image_size {cfg['image_size']} (crops are "
+                          f"cut from the image brought to image_size); lower crop_size, raise image_size, or set "
+                          f"data.crop_pad: true to pad crops with data.ignore_index")
+    return crop
 
 
 def _num_classes(cfg, fmt):
@@ -160,7 +175,7 @@ def _synthetic(cfg):
         if key not in ("num_images", "size", "seed"):
             raise ConfigError(f"data.synthetic.{key}: unknown key; known keys are num_images, size, seed")
     return {"num_images": _int(spec.get("num_images", 200), "data.synthetic.num_images", 2),
-            "size": _image_size(spec.get("size", cfg["image_size"])),
+            "size": _size(spec.get("size", cfg["image_size"]), "data.synthetic.size"),
             "seed": _int(spec.get("seed", 0), "data.synthetic.seed")}
 
 

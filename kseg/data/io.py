@@ -101,7 +101,7 @@ def fit_size(image, label, size, mode, ignore_index):
         ignore_index: label fill value.
 
     Returns:
-        (image float32 (H, W, C), label int32 (H, W)).
+        (image (H, W, C) of the input's dtype, label int32 (H, W)).
     """
     height, width = size
     h, w = label.shape
@@ -114,7 +114,7 @@ def fit_size(image, label, size, mode, ignore_index):
         image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if rh < h else cv2.INTER_LINEAR)
         # float32 keeps any class id (and a negative ignore) exact through OpenCV's nearest resize.
         label = cv2.resize(label.astype(np.float32), (rw, rh), interpolation=cv2.INTER_NEAREST)
-    image = image.reshape(rh, rw, -1).astype(np.float32)
+    image = image.reshape(rh, rw, -1)
     label = label.astype(np.int32)
     if (rh, rw) != (height, width):
         image = np.pad(image, ((0, height - rh), (0, width - rw), (0, 0)))

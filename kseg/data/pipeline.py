@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 
-from kseg.data.augment import batch_augmenter, elastic_deform
+from kseg.data.augment import batch_augmenter, sample_augmenter
 from kseg.data.config import validate_data_config
 from kseg.data.formats import get_format
 from kseg.data.io import check_labels, fit_size, read_image
@@ -27,17 +27,16 @@ def num_samples(data_cfg, split):
     return len(list_samples(data_cfg, split))
 
 
-def load_sample(cfg, image_path, mask_path, rng=None):
-    """Decodes and checks one sample and brings it to ``image_size``.
+def load_sample(cfg, image_path, mask_path):
+    """Decodes and checks one sample and brings it to ``image_size`` (no augmentation).
 
     Args:
         cfg: validated data config.
         image_path: image file.
         mask_path: mask file.
-        rng: numpy Generator for per-sample augmentation (elastic), or None for none.
 
     Returns:
-        (image float32 (H, W, 3) in [0, 255], label int32 (H, W)).
+        (image uint8 (H, W, 3), label int32 (H, W)).
 
     Raises:
         DataError: unreadable file, size mismatch, label out of range, unknown colour.
@@ -48,22 +47,21 @@ def load_sample(cfg, image_path, mask_path, rng=None):
         raise DataError(f"{mask_path}: mask is {label.shape[1]}x{label.shape[0]} but its image {image_path} is "
                         f"{image.shape[1]}x{image.shape[0]} (WxH); masks must have their image's size")
     check_labels(label, cfg["num_classes"], cfg["ignore_index"], mask_path)
-    image, label = fit_size(image, label, cfg["image_size"], cfg["resize"], cfg["ignore_index"])
-    elastic = cfg["augment"]["elastic"]
-    if rng is not None and elastic and rng.random() < elastic["p"]:
-        image, label = elastic_deform(image, label, rng, elastic["alpha"], elastic["sigma"])
-    return image, label
+    return fit_size(image, label, cfg["image_size"], cfg["resize"], cfg["ignore_index"])
 
 
 def build_dataset(data_cfg, split, batch_size, augment=False, shuffle=None, repeat=False, seed=None,
                   drop_remainder=False):
     """Builds the streaming dataset of a split.
 
+    Samples are decoded in parallel and, with ``data.cache``, decoded once and kept in memory (before
+    any augmentation); otherwise only the file list is held and memory does not grow with the dataset.
+
     Args:
         data_cfg: the ``data`` config (validated here).
         split: split name, e.g. "train".
         batch_size: samples per batch.
-        augment: apply ``data.augment``.
+        augment: apply ``data.augment`` and cut ``data.crop_size`` random crops.
         shuffle: reshuffle every epoch; None means shuffle the "train" split only.
         repeat: repeat forever.
         seed: int for reproducible order and augmentation (batch augmentation then runs on one
@@ -71,9 +69,10 @@ def build_dataset(data_cfg, split, batch_size, augment=False, shuffle=None, repe
         drop_remainder: drop the last incomplete batch (gives a static batch dimension).
 
     Returns:
-        tf.data.Dataset of ``(image float32 (B, H, W, 3), label int32 (B, H, W))`` with static H, W.
-        Decode errors surface as TF op errors carrying the DataError text; wrap iteration (or
-        ``model.fit``) in `data_errors()` to get the DataError back.
+        tf.data.Dataset of ``(image float32 (B, H, W, 3), label int32 (B, H, W))`` with static H, W:
+        ``data.crop_size`` when augmenting with crops, else ``data.image_size``. Decode errors surface as
+        TF op errors carrying the DataError text; wrap iteration (or ``model.fit``) in `data_errors()` to
+        get the DataError back.
     """
     import tensorflow as tf
 
@@ -81,29 +80,50 @@ def build_dataset(data_cfg, split, batch_size, augment=False, shuffle=None, repe
     samples = get_format(cfg["format"]).samples(cfg, split)
     height, width = cfg["image_size"]
     shuffle = split == "train" if shuffle is None else shuffle
+    deterministic = seed is not None or not shuffle
 
-    def decode(image_path, mask_path, sample_seed):
-        rng = np.random.default_rng(int(sample_seed) & (2**63 - 1)) if augment else None
-        return load_sample(cfg, image_path.decode(), mask_path.decode(), rng)
+    def decode(image_path, mask_path):
+        return load_sample(cfg, image_path.decode(), mask_path.decode())
 
-    def tf_decode(paths, sample_seed):
-        image, label = tf.numpy_function(decode, [paths[0], paths[1], sample_seed], [tf.float32, tf.int32],
-                                         stateful=False)
+    def tf_decode(paths):
+        image, label = tf.numpy_function(decode, [paths[0], paths[1]], [tf.uint8, tf.int32], stateful=False)
         return tf.ensure_shape(image, (height, width, 3)), tf.ensure_shape(label, (height, width))
 
     ds = tf.data.Dataset.from_tensor_slices(np.array(samples, dtype=str))
+    if cfg["cache"]:
+        # In file order, so that the cache is the same whatever the shuffle; uint8 keeps it 4x smaller.
+        ds = ds.map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
     if shuffle:
         ds = ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    # One random draw per sample keeps elastic deformation reproducible under parallel decoding.
-    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=seed))
-    ds = ds.map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None or not shuffle)
+    if not cfg["cache"]:
+        ds = ds.map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     augmenter = batch_augmenter(cfg["augment"], cfg["ignore_index"], seed) if augment else None
-    if augmenter is not None:
-        # The layers draw from one seed generator; parallel calls would hand its draws out in any order.
-        ds = ds.map(augmenter, num_parallel_calls=None if seed is not None else tf.data.AUTOTUNE)
+
+    def to_float_and_augment(images, labels):
+        images = tf.cast(images, tf.float32)
+        return augmenter(images, labels) if augmenter else (images, labels)
+
+    # The layers draw from one seed generator; parallel calls would hand its draws out in any order.
+    ds = ds.map(to_float_and_augment,
+                num_parallel_calls=None if augmenter and seed is not None else tf.data.AUTOTUNE)
+    per_sample = sample_augmenter(cfg["crop_size"], cfg["augment"]["elastic"], cfg["ignore_index"])
+    if augment and per_sample is not None:
+        out_h, out_w = cfg["crop_size"] or cfg["image_size"]
+
+        def numpy_augment(images, labels, batch_seed):
+            return per_sample(images, labels, np.random.default_rng(int(batch_seed) & (2**63 - 1)))
+
+        def tf_augment(batch, batch_seed):
+            images, labels = tf.numpy_function(numpy_augment, [*batch, batch_seed], [tf.float32, tf.int32],
+                                               stateful=False)
+            return tf.ensure_shape(images, (None, out_h, out_w, 3)), tf.ensure_shape(labels, (None, out_h, out_w))
+
+        # One random draw per batch keeps crops and deformations reproducible under parallel calls.
+        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=seed))
+        ds = ds.map(tf_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
