@@ -1,6 +1,8 @@
 """Keras -> TFLite conversion with a static batch of 1 (dynamic batches turn dilated convs into
 SPACE_TO_BATCH_ND and transposed convs into SHAPE / STRIDED_SLICE ops; see DESIGN.md section 2)."""
 
+import contextlib
+import io
 import os
 import tempfile
 
@@ -53,7 +55,9 @@ def to_tflite(model, mode="float32", representative_data=None, io_dtype="uint8")
         if io_dtype != "float32":
             converter.inference_input_type = getattr(tf, io_dtype)
             converter.inference_output_type = getattr(tf, io_dtype)
-    return converter.convert()
+    # Keras' export step prints every captured variable; a user wants the result, not the trace.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return converter.convert()
 
 
 def write_atomic(path, data):
