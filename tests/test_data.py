@@ -1,5 +1,6 @@
 """kseg.data: formats on tiny fixtures in the real layouts, the tf.data pipeline, errors, augmentation."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from kseg.data import (build_dataset, check_dataset, data_errors, dataset_info, 
 from kseg.errors import ConfigError, DataError
 
 SIZE = [fx.H, fx.W]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def load(cfg, split, **kw):
@@ -367,6 +369,22 @@ def test_cache_decodes_each_sample_once(tmp_path, monkeypatch, cache):
     assert not np.array_equal(epochs[0], epochs[1])  # augmentation after the cache: not frozen
     plain = load(dict(cfg, cache=False), "train")
     np.testing.assert_array_equal(load(cfg, "train")[1], plain[1])
+
+
+def test_scale_benchmark_writes_a_cityscapes_dataset(tmp_path):
+    # The benchmark itself (benchmarks/data_scale.py) is too long for the suite; its data must stay readable.
+    spec = importlib.util.spec_from_file_location("data_scale", ROOT / "benchmarks" / "data_scale.py")
+    data_scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(data_scale)
+    root = data_scale.write_cityscapes(tmp_path / "cs", 5, size=(32, 64), unique=2)
+    cfg = {"format": "cityscapes", "root": str(root), "image_size": [32, 64]}
+    samples = list_samples(cfg, "train")
+    assert len(samples) == 5 and len({image for image, _ in samples}) == 5
+    images, labels = load(cfg, "train")
+    assert images.shape == (5, 32, 64, 3) and images.std() > 10
+    assert len(set(np.unique(labels)) - {255}) >= 4 and (labels == 255).any()  # several classes and ignore
+    np.testing.assert_array_equal(labels[0], labels[2])  # copies of the first frames under new names
+    assert not np.array_equal(labels[0], labels[1])
 
 
 # ---------------------------------------------------------------------------------------------------- synthetic
