@@ -16,7 +16,7 @@ A config has five sections (only ``model.name`` and ``data`` are required)::
       mixed_precision: false
       strategy: {name: default, devices: null}
       seed: 0
-      time_budget_min: null       # stop cleanly after N minutes
+      time_budget_min: null       # stop cleanly after N minutes; the lr decay is resized to end there
       checkpoint_every_steps: 200 # mid-epoch backup for resuming
     output:
       dir: null                   # null: runs/<config file stem>
@@ -63,7 +63,7 @@ class Field:
 
     def expected(self):
         names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
-        parts = [" or ".join(names[t] for t in self.types)]
+        parts = ["a number" if set(self.types) == {int, float} else " or ".join(names[t] for t in self.types)]
         if self.choices:
             parts = ["one of " + ", ".join(map(str, self.choices))]
         if self.min is not None and self.max is not None:

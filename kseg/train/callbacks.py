@@ -32,7 +32,6 @@ class RunState:
         best_epoch: 1-based epoch of ``best_miou``.
         elapsed_s: training wall time, summed over the processes of this run.
         total_steps: length of the learning-rate decay (shortened by a time budget).
-        last_val_s: duration of the latest validation pass.
     """
 
     epoch: int = 0
@@ -42,7 +41,6 @@ class RunState:
     best_epoch: int = 0
     elapsed_s: float = 0.0
     total_steps: int = 0
-    last_val_s: float = 0.0
 
     def __post_init__(self):
         self._clock = time.monotonic() - self.elapsed_s
@@ -213,9 +211,7 @@ class Recorder(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         if (epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs or self.model.stop_training:
-            start = time.monotonic()
             val = self.model.evaluate(self.val_data, verbose=0, return_dict=True)
-            self.state.last_val_s = time.monotonic() - start
             logs.update({f"val_{k}": float(v) for k, v in val.items()})
         miou = logs.get("val_mean_iou")
         if miou is not None and not math.isnan(miou) and miou > self.state.best_miou:
@@ -263,49 +259,64 @@ def _history_csv(rows):
 class TimeBudget(keras.callbacks.Callback):
     """Stops training cleanly when ``budget_s`` would run out, and sizes the learning-rate decay to fit the budget.
 
-    Every ``every`` steps the decay length becomes ``min(planned steps, steps done + steps the remaining time
-    allows)``, estimated from the median of recent step times (the first step of each ``fit``, which traces the
-    graph, and the gaps across validation are left out) plus each step's share of validation time. The decay so
-    ends near the budget rather than being cut off early in a high learning rate. Training stops when the time
-    left is no more than one validation pass, which then still runs, so the best checkpoint sees the final model.
+    Two costs are measured: a step (median of recent steps, without the first step of an epoch) and the latest
+    epoch end (validation, checkpoints, backup: from the last step of an epoch to the first of the next).
+    At each epoch start and every ``every`` steps the decay length becomes ``min(planned steps, steps done + steps the remaining time
+    allows)`` with each step charged its share of the epoch-end work, so the decay ends near the budget rather
+    than being cut off at a high learning rate. Training stops when the time left no longer covers one step and
+    one epoch end; that last epoch end still runs (validation included), so the best checkpoint sees the final
+    model. Before the first epoch end has been measured only steps are charged.
 
     Args:
         budget_s: the budget in seconds, counted over every process of the run.
-        state: the run's :class:`RunState` (``elapsed``, ``total_steps``, ``last_val_s``).
+        state: the run's :class:`RunState` (``elapsed``, ``total_steps``).
         schedule: the :class:`~kseg.train.schedules.WarmupSchedule` to resize.
         planned_steps: ``epochs x steps_per_epoch``, the upper bound.
-        steps_per_val: optimizer steps between validations.
+        steps_per_epoch: optimizer steps per epoch.
         every: steps between re-estimates.
     """
 
-    def __init__(self, budget_s, state, schedule, planned_steps, steps_per_val, every=10):
+    def __init__(self, budget_s, state, schedule, planned_steps, steps_per_epoch, every=10):
         super().__init__()
         self.budget_s = budget_s
         self.state = state
         self.schedule = schedule
         self.planned_steps = planned_steps
-        self.steps_per_val = steps_per_val
+        self.steps_per_epoch = steps_per_epoch
         self.every = every
         self.stopped = False
-        self._times = []
+        self._steps = []
+        self._epoch_end = 0.0
         self._last = None
+        self._epoch_start = True
 
     def on_train_begin(self, logs=None):
+        # The first step of a fit traces the graph: it is no sample of a step's cost.
         self._last = None
 
-    def on_epoch_end(self, epoch, logs=None):
-        self._last = None
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._last is not None:
+            self._epoch_end = time.monotonic() - self._last
+            self._resize()
+        self._epoch_start = True
 
     def on_train_batch_end(self, batch, logs=None):
         now = time.monotonic()
-        if self._last is not None:
-            self._times = (self._times + [now - self._last])[-50:]
-        self._last = now
-        left = self.budget_s - self.state.elapsed()
-        if left <= self.state.last_val_s:
+        if self._last is not None and not self._epoch_start:
+            self._steps = (self._steps + [now - self._last])[-50:]
+        self._last, self._epoch_start = now, False
+        if not self._steps:
+            return
+        if self.budget_s - self.state.elapsed() <= statistics.median(self._steps) + self._epoch_end:
             self.model.stop_training = self.stopped = True
-        elif self._times and self.state.global_step % self.every == 0:
-            per_step = statistics.median(self._times) + self.state.last_val_s / self.steps_per_val
-            fits = self.state.global_step + int((left - self.state.last_val_s) / per_step)
-            self.state.total_steps = max(self.state.global_step + 1, min(self.planned_steps, fits))
-            self.schedule.set_total_steps(self.state.total_steps)
+        elif self.state.global_step % self.every == 0:
+            self._resize()
+
+    def _resize(self):
+        if not self._steps:
+            return
+        per_step = statistics.median(self._steps) + self._epoch_end / self.steps_per_epoch
+        left = self.budget_s - self.state.elapsed() - self._epoch_end
+        fits = self.state.global_step + int(left / per_step)
+        self.state.total_steps = max(self.state.global_step + 1, min(self.planned_steps, fits))
+        self.schedule.set_total_steps(self.state.total_steps)

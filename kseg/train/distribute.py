@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from kseg.errors import ConfigError
 
-__all__ = ["build_strategy", "is_chief"]
+__all__ = ["build_strategy", "is_chief", "adapt_model"]
 
 
 def _split_cpu(devices):
@@ -75,3 +75,49 @@ def is_chief(strategy):
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def adapt_model(model, strategy):
+    """Works around two Keras 3.15 failures on ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585).
+
+    1. Before training or evaluating, Keras reduces the first ``(images, labels)`` batch across replicas with one
+       ``strategy.reduce`` call, which the multi-worker strategy cannot do for a tuple. The batch only provides
+       shapes, so this worker's first local share of it serves instead.
+    2. Every step reduces its scalar logs with ``strategy.reduce("MEAN", v, axis=0)``, invalid for scalars. The
+       step logs only feed the progress bar, so they come from the first local replica; epoch logs and
+       ``evaluate`` results are read from the metric variables, which aggregate over all workers.
+
+    Other strategies are left alone. The second fix replaces a module function of Keras in this process, which
+    is one worker of a multi-worker run.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    def symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = _first_local(strategy, next(it))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = symbolic_build
+    reduce_per_replica = tf_trainer.reduce_per_replica
+    if getattr(reduce_per_replica, "kseg_multi_worker", False):
+        return
+
+    def reduce_logs(values, strategy, reduction):
+        if reduction in ("auto", "mean") and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return _first_local(strategy, values)
+        return reduce_per_replica(values, strategy, reduction)
+
+    reduce_logs.kseg_multi_worker = True
+    tf_trainer.reduce_per_replica = reduce_logs
+
+
+def _first_local(strategy, values):
+    return tf.nest.map_structure(
+        lambda v: strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v,
+        values,
+    )

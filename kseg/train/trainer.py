@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from kseg.config import dump_config
 from kseg.train.callbacks import Backup, Progress, Recorder, RunState, TimeBudget
-from kseg.train.distribute import build_strategy, is_chief
+from kseg.train.distribute import adapt_model, build_strategy, is_chief
 from kseg.train.schedules import WarmupSchedule, build_optimizer
 
 __all__ = ["train"]
@@ -105,6 +105,7 @@ def train(cfg, verbose=1, callbacks=()):
             schedule = WarmupSchedule(t["schedule"]["name"], t["optimizer"]["lr"], planned,
                                       round(t["schedule"]["warmup_epochs"] * steps_per_epoch))
             model = _build_model(cfg, schedule)
+        adapt_model(model, strategy)
         state = RunState(total_steps=planned)
         backup = Backup(os.path.join(run_dir, "backup"), state, t["checkpoint_every_steps"],
                         _fingerprint(cfg, steps_per_epoch, global_batch), write=chief)
@@ -121,7 +122,7 @@ def train(cfg, verbose=1, callbacks=()):
         budget = None
         own = [Progress(state, steps_per_epoch)]
         if t["time_budget_min"] is not None:
-            budget = TimeBudget(t["time_budget_min"] * 60, state, schedule, planned, t["val_every"] * steps_per_epoch)
+            budget = TimeBudget(t["time_budget_min"] * 60, state, schedule, planned, steps_per_epoch)
             own.append(budget)
         own.append(recorder)
         if chief:
