@@ -152,9 +152,8 @@ def test_time_budget_stops_cleanly(tmp_path, shapes):
     assert result["stopped_by_budget"] and result["epochs_done"] < 200
     rows = read_history(result["run_dir"])
     assert rows[-1]["val_mean_iou"] != ""  # the final model was validated
-    # The stop leaves time for one epoch end as measured so far; the first validation's graph tracing is not
-    # known in advance, hence the slack on a loaded machine.
-    assert float(rows[-1]["time_s"]) < 0.2 * 60 + 15
+    # How close to the budget it stops depends on the machine's load (graph tracing, mostly); the arithmetic is
+    # checked with a fake clock below.
 
 
 def test_time_budget_sizes_the_decay_to_the_budget(monkeypatch):
