@@ -61,7 +61,7 @@ def _run(args):
         from kseg.config import load_config
         from kseg.train import train
 
-        result = train(load_config(args.config, args.overrides), verbose=0 if args.quiet else 1)
+        result = train(load_config(args.config, args.overrides), verbose=2 if args.quiet else 1)
         print(f"best val mIoU {result['best_miou']:.4f}; run folder {result['run_dir']}")
     elif args.command == "evaluate":
         from kseg.config import load_config

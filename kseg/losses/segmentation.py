@@ -48,7 +48,11 @@ class SegmentationLoss(keras.losses.Loss):
                 f"{type(self).__name__} does not take sample_weight: weight classes with its arguments "
                 "(class_weights / alpha) and exclude pixels with the ignore label"
             )
-        return super().__call__(y_true, y_pred)
+        loss = super().__call__(y_true, y_pred)
+        # Keras divides a per-pixel loss by the replica count while reducing it; a scalar skips that reduction,
+        # so do the same here or every replica's gradient would count in full (doubled on two replicas).
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return loss / replicas if replicas > 1 else loss
 
     def call(self, y_true, y_pred):
         return self.compute(*self._prepare(y_true, y_pred))
