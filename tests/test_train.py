@@ -297,3 +297,16 @@ def test_multi_worker_with_two_local_processes(tmp_path, shapes):
     run_dir = cfg["output"]["dir"]
     assert {"best.keras", "last.keras", "history.csv"} <= set(os.listdir(run_dir))
     assert len(read_history(run_dir)) == 1
+
+
+def test_crop_training_saves_a_full_size_model(tmp_path, shapes):
+    """Training on 32x32 crops validates and saves the same weights at the full 64x64 size."""
+    data = {**shapes, "crop_size": [32, 32]}
+    _, cfg = make_config(tmp_path, data, epochs=1)
+    result = train(cfg, verbose=0)
+    assert not np.isnan(result["best_miou"])
+    best = keras.saving.load_model(os.path.join(result["run_dir"], "best.keras"), compile=False)
+    assert tuple(best.inputs[0].shape[1:3]) == (64, 64)
+    # the saved full-size model scores what the trainer reported for it
+    cm = evaluate_model(best, build_dataset(cfg["data"], "val", 4), cfg["data"]["num_classes"])
+    assert cm.mean_iou() == pytest.approx(result["best_miou"], abs=1e-6)

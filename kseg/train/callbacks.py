@@ -196,10 +196,14 @@ class Recorder(keras.callbacks.Callback):
         val_every: epochs between validations.
         epochs: the last epoch (1-based) always validates.
         write: False on non-chief workers: they validate (it is a collective) but write nothing.
+        deploy_model: the same architecture at the full image size when training runs on crops; it receives the
+            trained weights, validates, and is what ``best.keras`` / ``last.keras`` hold. ``None``: the trained
+            model itself.
     """
 
-    def __init__(self, run_dir, val_data, state, val_every, epochs, write=True):
+    def __init__(self, run_dir, val_data, state, val_every, epochs, write=True, deploy_model=None):
         super().__init__()
+        self.deploy_model = deploy_model
         self.run_dir = run_dir
         self.val_data = val_data
         self.state = state
@@ -210,18 +214,23 @@ class Recorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        deploy = self.model
+        if self.deploy_model is not None:
+            # Layer names and weight shapes match (one builder), so the crop-trained weights fit the full size.
+            self.deploy_model.set_weights(self.model.get_weights())
+            deploy = self.deploy_model
         if (epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs or self.model.stop_training:
-            val = self.model.evaluate(self.val_data, verbose=0, return_dict=True)
+            val = deploy.evaluate(self.val_data, verbose=0, return_dict=True)
             logs.update({f"val_{k}": float(v) for k, v in val.items()})
         miou = logs.get("val_mean_iou")
         if miou is not None and not math.isnan(miou) and miou > self.state.best_miou:
             self.state.best_miou, self.state.best_epoch = miou, epoch + 1
             if self.write:
-                save_model_atomic(self.model, os.path.join(self.run_dir, "best.keras"))
+                save_model_atomic(deploy, os.path.join(self.run_dir, "best.keras"))
         logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         if not self.write:
             return
-        save_model_atomic(self.model, os.path.join(self.run_dir, "last.keras"))
+        save_model_atomic(deploy, os.path.join(self.run_dir, "last.keras"))
         self.history.append({"epoch": epoch + 1, "step": self.state.global_step,
                              "time_s": round(self.state.elapsed(), 2), **logs})
         write_atomic(os.path.join(self.run_dir, "history.csv"), _history_csv(self.history))

@@ -33,22 +33,26 @@ def _shard(ds, policy):
     return ds.with_options(options)
 
 
-def _build_model(cfg, schedule):
+def _build_model(cfg, schedule, size):
+    """The compiled model at ``size`` (H, W); ``schedule=None`` for a model that only validates."""
     import kseg
     from kseg.losses import build_loss
     from kseg.metrics.keras_metric import SegMeanIoU
 
     data = cfg["data"]
     kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
-    kwargs.setdefault("input_shape", (*data["image_size"], 3))
-    model = kseg.create_model(cfg["model"]["name"], num_classes=data["num_classes"], **kwargs)
+    channels = kwargs.pop("input_shape", (None, None, 3))[-1]
+    model = kseg.create_model(cfg["model"]["name"], num_classes=data["num_classes"],
+                              input_shape=(*size, channels), **kwargs)
+    optimizer = build_optimizer(cfg["train"]["optimizer"], schedule) if schedule is not None else "sgd"
     model.compile(
-        optimizer=build_optimizer(cfg["train"]["optimizer"], schedule),
+        optimizer=optimizer,
         loss=build_loss(cfg["loss"], data["num_classes"], data["ignore_index"]),
         metrics=[SegMeanIoU(data["num_classes"], data["ignore_index"])],
     )
-    # Optimizer variables must exist (in the strategy's scope) before a backup can be loaded into them.
-    model.optimizer.build(model.trainable_variables)
+    if schedule is not None:
+        # Optimizer variables must exist (in the strategy's scope) before a backup can be loaded into them.
+        model.optimizer.build(model.trainable_variables)
     return model
 
 
@@ -104,7 +108,11 @@ def train(cfg, verbose=1, callbacks=()):
         with strategy.scope():
             schedule = WarmupSchedule(t["schedule"]["name"], t["optimizer"]["lr"], planned,
                                       round(t["schedule"]["warmup_epochs"] * steps_per_epoch))
-            model = _build_model(cfg, schedule)
+            image_size = tuple(cfg["data"]["image_size"])
+            crop = cfg["data"].get("crop_size")
+            # Training on crops: the model trains at the crop size and a full-size copy validates and is saved.
+            model = _build_model(cfg, schedule, tuple(crop) if crop else image_size)
+            deploy = _build_model(cfg, None, image_size) if crop and tuple(crop) != image_size else None
         adapt_model(model, strategy)
         state = RunState(total_steps=planned)
         backup = Backup(os.path.join(run_dir, "backup"), state, t["checkpoint_every_steps"],
@@ -118,7 +126,7 @@ def train(cfg, verbose=1, callbacks=()):
         if verbose and chief:
             print(_describe(cfg, run_dir, strategy, global_batch, steps_per_epoch, state if resumed else None))
 
-        recorder = Recorder(run_dir, val_ds, state, t["val_every"], t["epochs"], write=chief)
+        recorder = Recorder(run_dir, val_ds, state, t["val_every"], t["epochs"], write=chief, deploy_model=deploy)
         budget = None
         own = [Progress(state, steps_per_epoch)]
         if t["time_budget_min"] is not None:
