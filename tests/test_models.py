@@ -191,10 +191,12 @@ def test_vgg16_weights_file_mismatch(tmp_path):
         build_backbone("vgg16", keras.Input((32, 32, 3)), weights=str(path))
 
     other = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, name="fc")])
-    path = tmp_path / "other.h5"
-    other.save(path)
-    with pytest.raises(ModelFileError, match="no weights for any layer"):
-        build_backbone("vgg16", keras.Input((32, 32, 3)), weights=str(path))
+    other.save(tmp_path / "other.h5")
+    with pytest.raises(ModelFileError, match="no weights for backbone layers"):
+        build_backbone("vgg16", keras.Input((32, 32, 3)), weights=str(tmp_path / "other.h5"))
+    other.save_weights(tmp_path / "other.weights.h5")
+    with pytest.raises(ModelFileError, match="does not load as a vgg16 weights file"):
+        build_backbone("vgg16", keras.Input((32, 32, 3)), weights=str(tmp_path / "other.weights.h5"))
 
 
 # --- builder arguments -------------------------------------------------------------------------------------------
@@ -204,7 +206,7 @@ def test_vgg16_weights_file_mismatch(tmp_path):
     ("unet", dict(input_shape=(64, 64, 3), depth=3, upsampling="nearest"), "upsampling"),
     ("unet", dict(input_shape=(64, 64, 3), weights="imagenet"), "backbone"),
     ("unet", dict(input_shape=(64, 64, 3), depth=6, backbone="vgg16"), "depth"),
-    ("deeplabv3plus", dict(input_shape=(48, 48, 3)), "divisible by 32"),
+    ("deeplabv3plus", dict(input_shape=(40, 40, 3)), "divisible by 16"),
     ("deeplabv3plus", dict(input_shape=(64, 64, 3), output_stride=32), "output_stride"),
 ])
 def test_bad_arguments_raise_value_error(name, kwargs, message):

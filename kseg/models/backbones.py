@@ -132,7 +132,7 @@ def build_backbone(name, inputs, weights=None, output_stride=32, keras_module=No
     application = getattr(K.applications, spec["application"])(
         input_shape=shape, include_top=False, weights=app_weights, **application_kwargs)
     if weights not in (None, "imagenet"):
-        _load_weights_file(K, application, os.fspath(weights))
+        _load_weights_file(application, os.fspath(weights))
 
     if spec["caffe"]:
         x = K.layers.Rescaling(1.0, offset=[-m for m in _CAFFE_MEAN_RGB], name=f"{name}_preprocess")(inputs)
@@ -215,17 +215,17 @@ def _inbound_layer_names(nodes):
     return walk(nodes[0])
 
 
-def _load_weights_file(K, application, path):
+def _load_weights_file(application, path):
     """Load ``path`` into ``application`` by layer name (see ``build_backbone``), checking every shape."""
     stored = _read_named_weights(path)
     targets = [layer for layer in application.layers if layer.weights]
-    if not any(layer.name in stored for layer in targets):
-        try:  # a Keras 3 .weights.h5 of the same application: groups are named by class, not by layer
+    if path.endswith(".weights.h5") and not any(layer.name in stored for layer in targets):
+        try:  # Keras 3 names the groups of an application's weights by class: load it by structure
             application.load_weights(path)
             return
         except Exception as e:  # noqa: BLE001 - Keras raises ValueError, KeyError or OSError here
             raise ModelFileError(
-                f"{path}: no weights for any layer of this backbone (it needs e.g. {targets[0].name!r}) and it does "
+                f"{path}: no group is named after a layer of this backbone (e.g. {targets[0].name!r}) and it does "
                 f"not load as a {application.name} weights file either ({type(e).__name__}: {e})") from None
     missing = [layer.name for layer in targets if layer.name not in stored]
     if missing:

@@ -23,8 +23,8 @@ def deeplabv3plus(num_classes, input_shape=(512, 512, 3), backbone="mobilenetv2"
 
     Args:
         num_classes: number of output channels (logits).
-        input_shape: static ``(H, W, 3)``, raw RGB in [0, 255]; H and W divisible by 32 (16 at output stride 8
-            would do for the decoder, 32 keeps every backbone's stride-2 layers exact).
+        input_shape: static ``(H, W, 3)``, raw RGB in [0, 255]; H and W divisible by ``output_stride`` (so that
+            the upsampled ASPP output meets the stride-4 features exactly).
         backbone: ``"mobilenetv2"`` or ``"resnet50"`` (any name from ``list_backbones()``).
         output_stride: 16 or 8 (8 is finer and about 4x the ASPP cost).
         aspp_filters: filters of every ASPP branch and of its projection.
@@ -48,7 +48,7 @@ def deeplabv3plus(num_classes, input_shape=(512, 512, 3), backbone="mobilenetv2"
     K = get_keras(keras_module)
     if output_stride not in _ATROUS_RATES:
         raise ValueError(f"output_stride must be one of {sorted(_ATROUS_RATES)}, got {output_stride!r}")
-    check_input_shape(input_shape, 32, "the backbone halves them 5 times")
+    check_input_shape(input_shape, output_stride, f"output_stride={output_stride}")
 
     inputs = K.Input(input_shape, name=f"{name}_image")
     features = build_backbone(backbone, inputs, weights=weights, output_stride=output_stride, keras_module=K,
