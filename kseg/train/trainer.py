@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from kseg.config import dump_config
+from kseg.errors import ConfigError
 from kseg.train.callbacks import Backup, Progress, Recorder, RunState, TimeBudget
 from kseg.train.distribute import adapt_model, build_strategy, is_chief
 from kseg.train.schedules import WarmupSchedule, build_optimizer
@@ -42,8 +43,11 @@ def _build_model(cfg, schedule, size):
     data = cfg["data"]
     kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
     channels = kwargs.pop("input_shape", (None, None, 3))[-1]
-    model = kseg.create_model(cfg["model"]["name"], num_classes=data["num_classes"],
-                              input_shape=(*size, channels), **kwargs)
+    try:
+        model = kseg.create_model(cfg["model"]["name"], num_classes=data["num_classes"],
+                                  input_shape=(*size, channels), **kwargs)
+    except ValueError as e:  # builders check their arguments; in a config they are the user's to fix
+        raise ConfigError(f"model {cfg['model']['name']!r}: {e}") from None
     optimizer = build_optimizer(cfg["train"]["optimizer"], schedule) if schedule is not None else "sgd"
     model.compile(
         optimizer=optimizer,
