@@ -41,7 +41,9 @@ def conv_bn_relu(K, x, filters, kernel_size, name, strides=1, dilation_rate=1, b
     x = K.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", dilation_rate=dilation_rate,
                         use_bias=not batch_norm, kernel_initializer="he_normal", name=name)(x)
     if batch_norm:
-        x = K.layers.BatchNormalization(name=f"{name}_bn")(x)
+        # momentum 0.9, not Keras' 0.99: the moving statistics must keep up with the weights in the few hundred
+        # steps of a CPU training budget, or validation (which uses them) lags far behind training
+        x = K.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     return K.layers.ReLU(name=f"{name}_relu")(x)
 
 
