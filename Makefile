@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.kseg-installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: demo test test-slow bench install clean
+.PHONY: demo test test-slow install clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "kseg needs $(PYTHON) on PATH (or run: make PYTHON=/path/to/python3.11 ...)"; exit 1; }
@@ -25,3 +25,6 @@ test-slow: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo_out runs
+
+demo: $(STAMP)
+	$(BIN)/kseg demo --out demo_out

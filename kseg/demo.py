@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      "unet_synthetic-128x128.yaml")
+                      "unet_synthetic-96x96.yaml")
 
 
 def demo(out_dir="demo_out", minutes=3.0, config_path=CONFIG):

@@ -3,7 +3,7 @@
 Example:
     >>> from kseg.config import load_config
     >>> from kseg.train import train
-    >>> result = train(load_config("configs/unet_synthetic-128x128.yaml", ["train.epochs=2"]))
+    >>> result = train(load_config("configs/unet_synthetic-96x96.yaml", ["train.epochs=2"]))
     >>> result["best_miou"], result["run_dir"]  # doctest: +SKIP
 """
 
