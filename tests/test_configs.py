@@ -1,0 +1,38 @@
+"""Every shipped config: named {model}_{backbone}_{dataset}-{HxW}.yaml and valid against its dataset's layout."""
+
+import pathlib
+import re
+
+import pytest
+
+import kseg
+from data_fixtures import write_cityscapes, write_isbi, write_voc
+from kseg.config import load_config
+
+CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+NAME = re.compile(r"^(?P<model>[a-z0-9]+)(_(?P<backbone>[a-z0-9]+))?_(?P<dataset>[a-z0-9]+)-(?P<h>\d+)x(?P<w>\d+)$")
+# ISBI has 30 training images; the configs split them by index
+FIXTURES = {"voc": write_voc, "cityscapes": write_cityscapes, "isbi": lambda tmp: write_isbi(tmp, n=30)}
+
+
+def test_there_are_configs():
+    assert len(CONFIGS) >= 4
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_is_named_and_valid(path, tmp_path):
+    parts = NAME.match(path.stem)
+    assert parts, f"{path.name} does not follow {{model}}_{{backbone}}_{{dataset}}-{{H}}x{{W}}.yaml"
+    text = path.read_text()
+    fmt = re.search(r"^\s+format:\s*(\w+)", text, re.M).group(1)
+    overrides = []
+    if fmt in FIXTURES:  # the real data is not here: point the config at a tiny copy in the real layout
+        root = FIXTURES[fmt](tmp_path)[0]
+        overrides.append(f"data.root={root}")
+    elif fmt == "synthetic":
+        overrides.append(f"data.root={tmp_path / 'synthetic'}")
+    cfg = load_config(path, overrides)
+    assert cfg["model"]["name"] == parts["model"] and parts["model"] in kseg.list_models()
+    if parts["backbone"]:
+        assert cfg["model"].get("backbone") == parts["backbone"]
+    assert list(cfg["data"]["image_size"]) == [int(parts["h"]), int(parts["w"])]
