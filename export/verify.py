@@ -1,8 +1,5 @@
 """Verification of an exported model against its Keras source, through the shared metrics engine."""
 
-import numpy as np
-
-
 def compare_on_split(keras_model, tflite_path, data_cfg, split="val"):
     """Score the Keras model and the TFLite model (run by the edge runtime) on the same images.
 
@@ -10,21 +7,16 @@ def compare_on_split(keras_model, tflite_path, data_cfg, split="val"):
         ``keras_miou``, ``tflite_miou``, ``agreement`` (fraction of pixels where both predict the same
         class) and ``num_images``.
     """
-    from edge.runtime import Segmenter
-    from kseg.data import build_dataset
+    from kseg.evaluate import keras_predictor, predictor, uint8_samples
     from kseg.metrics import ConfusionMatrix
 
     num_classes = int(data_cfg["num_classes"])
     ignore = int(data_cfg.get("ignore_index", 255))
-    seg = Segmenter(tflite_path)
+    predict_keras, predict_lite = keras_predictor(keras_model), predictor(tflite_path)
     cm_keras, cm_lite = ConfusionMatrix(num_classes, ignore), ConfusionMatrix(num_classes, ignore)
     same = total = n = 0
-    for images, labels in build_dataset(data_cfg, split, batch_size=1, augment=False, shuffle=False):
-        # both models see the same uint8 pixels, as a camera would give them
-        image = np.clip(np.round(images.numpy()[0]), 0, 255).astype(np.uint8)
-        label = labels.numpy()[0]
-        pred_keras = np.argmax(keras_model(image[None].astype(np.float32), training=False).numpy()[0], axis=-1)
-        pred_lite = seg.segment(image, rgb=True).mask
+    for image, label in uint8_samples(data_cfg, split):
+        pred_keras, pred_lite = predict_keras(image), predict_lite(image)
         cm_keras.update(label, pred_keras)
         cm_lite.update(label, pred_lite)
         same += int((pred_keras == pred_lite).sum())

@@ -10,7 +10,6 @@
 import os
 import time
 
-import numpy as np
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "unet_synthetic-96x96.yaml")
@@ -22,9 +21,9 @@ def demo(out_dir="demo_out", minutes=3.0, config_path=CONFIG):
     from export.api import export_model
     from kseg import viz
     from kseg.config import load_config
-    from kseg.data import build_dataset, dataset_info
+    from kseg.data import dataset_info
     from kseg.data.synthetic import write_video
-    from kseg.evaluate import predictor
+    from kseg.evaluate import predictor, uint8_samples
     from kseg.train import train
 
     start = time.perf_counter()
@@ -48,11 +47,9 @@ def demo(out_dir="demo_out", minutes=3.0, config_path=CONFIG):
     info = dataset_info(data_cfg)
     names, colours = info["class_names"], info["palette"]
     keras_pred, lite_pred = predictor(best), predictor(tflite)
-    for i, (images, labels) in enumerate(build_dataset(data_cfg, "val", batch_size=1, shuffle=False).take(6)):
-        image = np.clip(np.round(images.numpy()[0]), 0, 255).astype(np.uint8)
-        grid = [image, image, image]
-        masks = [labels.numpy()[0], keras_pred(image), lite_pred(image)]
-        viz.image_grid(grid, masks, names, palette=colours, cols=3,
+    for i, (image, label) in zip(range(6), uint8_samples(data_cfg, "val")):
+        masks = [label, keras_pred(image), lite_pred(image)]
+        viz.image_grid([image] * 3, masks, names, palette=colours, cols=3,
                        path=os.path.join(out_dir, "overlays", f"val_{i}_truth_keras_int8.png"))
 
     summary = {"keras_miou": exported["keras_miou"], "int8_miou": exported["tflite_miou"],

@@ -14,6 +14,11 @@ from kseg import viz
 from kseg.metrics import BoundaryF1, ConfusionMatrix
 
 
+def keras_predictor(model):
+    """A function ``uint8 RGB image (H, W, 3) -> class ids (H, W)`` for a loaded Keras model."""
+    return lambda image: np.argmax(model(image[None].astype(np.float32), training=False).numpy()[0], axis=-1)
+
+
 def predictor(model_path):
     """A function ``uint8 RGB image (H, W, 3) -> class ids (H, W)`` for a ``.keras`` or ``.tflite`` model."""
     if os.fspath(model_path).endswith(".tflite"):
@@ -23,8 +28,16 @@ def predictor(model_path):
         return lambda image: seg.segment(image, rgb=True).mask
     from kseg.saving import load_model
 
-    model = load_model(model_path)
-    return lambda image: np.argmax(model(image[None].astype(np.float32), training=False).numpy()[0], axis=-1)
+    return keras_predictor(load_model(model_path))
+
+
+def uint8_samples(data_cfg, split):
+    """``(image uint8 RGB (H, W, 3), label (H, W))`` pairs of a split, un-augmented: the pixels a camera would
+    give, so Keras and TFLite models are scored on the same input."""
+    from kseg.data import build_dataset
+
+    for images, labels in build_dataset(data_cfg, split, batch_size=1, augment=False, shuffle=False):
+        yield np.clip(np.round(images.numpy()[0]), 0, 255).astype(np.uint8), labels.numpy()[0]
 
 
 def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, verbose=True):
@@ -38,7 +51,7 @@ def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, ver
     Returns:
         The metrics dict written to ``metrics.json``.
     """
-    from kseg.data import build_dataset, dataset_info
+    from kseg.data import dataset_info
 
     data_cfg = cfg["data"]
     run_dir = cfg["output"]["dir"]
@@ -51,9 +64,7 @@ def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, ver
 
     cm, bf = ConfusionMatrix(num_classes, ignore), BoundaryF1(num_classes, ignore_index=ignore)
     samples, count = [], 0
-    for images, labels in build_dataset(data_cfg, split, batch_size=1, augment=False, shuffle=False):
-        image = np.clip(np.round(images.numpy()[0]), 0, 255).astype(np.uint8)
-        label = labels.numpy()[0]
+    for image, label in uint8_samples(data_cfg, split):
         pred = predict(image)
         cm.update(label, pred)
         bf.update(label, pred)

@@ -5,7 +5,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from kseg.data.formats import get_format, list_formats
+from kseg.data.formats import get_format
 from kseg.errors import ConfigError
 
 _KEYS = ("format", "root", "num_classes", "image_size", "ignore_index", "splits", "augment", "resize",
