@@ -3,7 +3,8 @@
 A config has five sections (only ``model.name`` and ``data`` are required)::
 
     model:                        # kseg.create_model(name, num_classes=..., input_shape=..., **rest)
-      name: unet                  # a name from kseg.list_models(); every other key goes to the builder
+      name: unet                  # a name from kseg.list_models(); every other key goes to the builder,
+      aux_weight: 0.4             #   except aux_weight: the loss weight of an auxiliary head (models with aux_head)
     data: {...}                   # checked by kseg.data.validate_data_config
     loss: {ce: 1.0, dice: 1.0}    # spec for kseg.losses.build_loss (a name, {name: weight}, or a list)
     train:
@@ -215,9 +216,17 @@ def _validate_model(node, origin):
         raise ConfigError(f"{origin('model.num_classes')}: set data.num_classes instead (the loss and metrics "
                           "need it too)")
     params = inspect.signature(get_builder(name)).parameters
+    if "aux_weight" in node:
+        # Deep supervision: the trainer builds the model with its auxiliary head and weights the head's loss.
+        if "aux_head" not in params:
+            raise ConfigError(f"{origin('model.aux_weight')}: {name} has no auxiliary head; remove aux_weight")
+        weight = node["aux_weight"]
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ConfigError(f"{origin('model.aux_weight')}: expected a number >= 0, got {weight!r}")
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        # keras_module is for the exporter, not for training.
-        valid = [p for p in params if p not in ("num_classes", "keras_module")]
+        # keras_module is for the exporter, aux_head for the trainer (set through aux_weight).
+        valid = [p for p in params if p not in ("num_classes", "keras_module", "aux_head")]
+        valid += ["aux_weight"] if "aux_head" in params else []
         for key in node:
             if key != "name" and key not in valid:
                 raise ConfigError(f"{origin(f'model.{key}')}: {name} has no argument {key!r}"

@@ -46,3 +46,24 @@ def create_model(name, **kwargs):
         A ``keras.Model`` mapping raw RGB pixels in [0, 255] to per-pixel logits.
     """
     return get_builder(name)(**kwargs)
+
+
+def inference_model(model):
+    """The deployable view of a model built with auxiliary training outputs (deep supervision, e.g. PSPNet's
+    ``aux_head=True``): the first output only, sharing the layers, so the auxiliary head is neither saved nor
+    exported. A single-output model is returned unchanged.
+
+    Example:
+        >>> import kseg
+        >>> from kseg.models.registry import inference_model
+        >>> model = kseg.create_model("unet", num_classes=2, input_shape=(32, 32, 3), base_filters=4, depth=2)
+        >>> inference_model(model) is model
+        True
+    """
+    if len(model.outputs) == 1:
+        return model
+    if type(model).__module__.startswith("tf_keras"):
+        import tf_keras as K
+    else:
+        import keras as K
+    return K.Model(model.inputs, model.outputs[0], name=model.name)

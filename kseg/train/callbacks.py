@@ -196,9 +196,10 @@ class Recorder(keras.callbacks.Callback):
         val_every: epochs between validations.
         epochs: the last epoch (1-based) always validates.
         write: False on non-chief workers: they validate (it is a collective) but write nothing.
-        deploy_model: the same architecture at the full image size when training runs on crops; it receives the
-            trained weights, validates, and is what ``best.keras`` / ``last.keras`` hold. ``None``: the trained
-            model itself.
+        deploy_model: what validates and what ``best.keras`` / ``last.keras`` hold, when it is not the trained
+            model itself: the same architecture at the full image size when training runs on crops, and/or
+            without the auxiliary heads (``kseg.models.inference_model``). It receives the trained weights by
+            layer name. ``None``: the trained model itself.
     """
 
     def __init__(self, run_dir, val_data, state, val_every, epochs, write=True, deploy_model=None):
@@ -216,8 +217,7 @@ class Recorder(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         deploy = self.model
         if self.deploy_model is not None:
-            # Layer names and weight shapes match (one builder), so the crop-trained weights fit the full size.
-            self.deploy_model.set_weights(self.model.get_weights())
+            _copy_weights_by_name(self.model, self.deploy_model)
             deploy = self.deploy_model
         if (epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs or self.model.stop_training:
             val = deploy.evaluate(self.val_data, verbose=0, return_dict=True)
@@ -234,6 +234,16 @@ class Recorder(keras.callbacks.Callback):
         self.history.append({"epoch": epoch + 1, "step": self.state.global_step,
                              "time_s": round(self.state.elapsed(), 2), **logs})
         write_atomic(os.path.join(self.run_dir, "history.csv"), _history_csv(self.history))
+
+
+def _copy_weights_by_name(src, dst):
+    """Copy ``src``'s weights into every weighted layer of ``dst`` (one builder names the layers alike; ``dst``
+    may lack auxiliary heads). Layers the two models share are skipped."""
+    for layer in dst.layers:
+        if layer.weights:
+            source = src.get_layer(layer.name)
+            if source is not layer:
+                layer.set_weights(source.get_weights())
 
 
 def _read_history(path, completed_epochs):

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from kseg.config import dump_config
 from kseg.errors import ConfigError
+from kseg.models.registry import inference_model
 from kseg.train.callbacks import Backup, Progress, Recorder, RunState, TimeBudget
 from kseg.train.distribute import adapt_model, build_strategy, is_chief
 from kseg.train.schedules import WarmupSchedule, build_optimizer
@@ -35,29 +36,49 @@ def _shard(ds, policy):
 
 
 def _build_model(cfg, schedule, size):
-    """The compiled model at ``size`` (H, W); ``schedule=None`` for a model that only validates."""
+    """The compiled model at ``size`` (H, W); ``schedule=None`` for a model that only validates.
+
+    With ``model.aux_weight`` the model is built with its auxiliary head (deep supervision) and each auxiliary
+    output's loss counts with that weight; a validation-only model is the ``inference_model`` view without them.
+    """
     import kseg
-    from kseg.losses import build_loss
-    from kseg.metrics.keras_metric import SegMeanIoU
 
     data = cfg["data"]
-    kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
+    kwargs = {k: v for k, v in cfg["model"].items() if k not in ("name", "aux_weight")}
     channels = kwargs.pop("input_shape", (None, None, 3))[-1]
+    aux_weight = float(cfg["model"].get("aux_weight", 0))
+    if aux_weight and schedule is not None:
+        kwargs["aux_head"] = True
     try:
         model = kseg.create_model(cfg["model"]["name"], num_classes=data["num_classes"],
                                   input_shape=(*size, channels), **kwargs)
     except ValueError as e:  # builders check their arguments; in a config they are the user's to fix
         raise ConfigError(f"model {cfg['model']['name']!r}: {e}") from None
-    optimizer = build_optimizer(cfg["train"]["optimizer"], schedule) if schedule is not None else "sgd"
-    model.compile(
-        optimizer=optimizer,
-        loss=build_loss(cfg["loss"], data["num_classes"], data["ignore_index"]),
-        metrics=[SegMeanIoU(data["num_classes"], data["ignore_index"])],
-    )
+    if schedule is None:
+        model = inference_model(model)
+    _compile(model, cfg, build_optimizer(cfg["train"]["optimizer"], schedule) if schedule is not None else "sgd",
+             aux_weight)
     if schedule is not None:
         # Optimizer variables must exist (in the strategy's scope) before a backup can be loaded into them.
         model.optimizer.build(model.trainable_variables)
     return model
+
+
+def _compile(model, cfg, optimizer, aux_weight=0.0):
+    """Compile with the config's loss on every output (auxiliary ones weighted ``aux_weight``) and the mean IoU
+    of the first output."""
+    from kseg.losses import build_loss
+    from kseg.metrics.keras_metric import SegMeanIoU
+
+    data = cfg["data"]
+    loss = build_loss(cfg["loss"], data["num_classes"], data["ignore_index"])
+    metric = SegMeanIoU(data["num_classes"], data["ignore_index"])
+    extra = len(model.outputs) - 1
+    if not extra:
+        model.compile(optimizer=optimizer, loss=loss, metrics=[metric])
+        return
+    model.compile(optimizer=optimizer, loss=[loss] * (extra + 1), loss_weights=[1.0] + [aux_weight] * extra,
+                  metrics=[[metric]] + [[] for _ in range(extra)])
 
 
 def train(cfg, verbose=1, callbacks=()):
@@ -116,7 +137,12 @@ def train(cfg, verbose=1, callbacks=()):
             crop = cfg["data"].get("crop_size")
             # Training on crops: the model trains at the crop size and a full-size copy validates and is saved.
             model = _build_model(cfg, schedule, tuple(crop) if crop else image_size)
-            deploy = _build_model(cfg, None, image_size) if crop and tuple(crop) != image_size else None
+            deploy = None
+            if crop and tuple(crop) != image_size:
+                deploy = _build_model(cfg, None, image_size)
+            elif len(model.outputs) > 1:  # validate and save the inference view, without the auxiliary head
+                deploy = inference_model(model)
+                _compile(deploy, cfg, "sgd")
         adapt_model(model, strategy)
         state = RunState(total_steps=planned)
         backup = Backup(os.path.join(run_dir, "backup"), state, t["checkpoint_every_steps"],
