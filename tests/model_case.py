@@ -36,10 +36,11 @@ def tolerance(reference, rel):
 
 
 def run_output_shape_test(model, num_classes):
-    """Logits ``(B, H, W, num_classes)`` float32 for raw pixels ``(B, H, W, C)``, a batch of 2, all finite."""
+    """Logits ``(B, H, W, num_classes)`` float32 for raw pixels ``(B, H, W, C)``, a batch of 2, all finite
+    (volumes: ``(B, D, H, W, ...)``)."""
     x = random_images(model, batch=2)
     y = np.asarray(model(x, training=False))
-    assert y.shape == x.shape[:3] + (num_classes,), y.shape
+    assert y.shape == x.shape[:-1] + (num_classes,), y.shape
     assert y.dtype == np.float32
     assert np.isfinite(y).all()
     assert model.outputs[0].dtype == "float32"
@@ -56,11 +57,11 @@ def run_training_step_test(model, num_classes, steps=3):
     import keras
 
     x = random_images(model, batch=2, seed=1)
-    h, w = x.shape[1:3]
-    # A learnable target: class by image quadrant.
-    yy, xx = np.mgrid[0:h, 0:w]
-    labels = ((yy >= h // 2) * 2 + (xx >= w // 2)) % num_classes
-    y = np.broadcast_to(labels, (2, h, w)).astype(np.int32)
+    spatial = x.shape[1:-1]
+    # A learnable target: class by quadrant of the first two spatial axes (H, W; D, H for volumes).
+    grid = np.indices(spatial)
+    labels = ((grid[0] >= spatial[0] // 2) * 2 + (grid[1] >= spatial[1] // 2)) % num_classes
+    y = np.broadcast_to(labels, (2, *spatial)).astype(np.int32)
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=True)
     losses = [float(model.train_on_batch(x, y)) for _ in range(steps + 1)]

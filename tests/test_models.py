@@ -17,8 +17,12 @@ SMALL_CONFIGS = {
     "deeplabv3plus": dict(num_classes=3, input_shape=(64, 64, 3), aspp_filters=16, decoder_filters=16,
                           low_level_filters=8, backbone_kwargs={"alpha": 0.35}),
 }
-# A second, non-square size for the output-shape check.
+# V-Net takes volumes (D, H, W, C).
+SMALL_CONFIGS["vnet"] = dict(num_classes=3, input_shape=(16, 16, 16, 1), base_filters=4, depth=2, kernel_size=3,
+                             batch_norm=True)
+# A second, non-square size for the output-shape check (volumes: OTHER_SIZE_3D, D x H x W).
 OTHER_SIZE = (96, 128)
+OTHER_SIZE_3D = (8, 16, 24)
 MODELS = kseg.list_models()
 
 
@@ -61,7 +65,8 @@ def test_output_shape(name, small_models):
     assert model.name == name
     assert model.layers[1].name.endswith("preprocess"), "normalisation must be the first layer"
     run_output_shape_test(model, config["num_classes"])
-    other = dict(config, input_shape=OTHER_SIZE + config["input_shape"][2:])
+    size = OTHER_SIZE if len(config["input_shape"]) == 3 else OTHER_SIZE_3D
+    other = dict(config, input_shape=size + config["input_shape"][-1:])
     run_output_shape_test(kseg.create_model(name, **other), config["num_classes"])
 
 
@@ -208,6 +213,10 @@ def test_vgg16_weights_file_mismatch(tmp_path):
     ("unet", dict(input_shape=(64, 64, 3), depth=6, backbone="vgg16"), "depth"),
     ("deeplabv3plus", dict(input_shape=(40, 40, 3)), "divisible by 16"),
     ("deeplabv3plus", dict(input_shape=(64, 64, 3), output_stride=32), "output_stride"),
+    ("vnet", dict(input_shape=(16, 24, 32, 1), depth=4), "divisible by 16"),
+    ("vnet", dict(input_shape=(32, 32, 1)), "depth, height, width, channels"),
+    ("vnet", dict(input_shape=(16, 16, 16, 1), kernel_size=4), "kernel_size"),
+    ("vnet", dict(input_shape=(16, 16, 16, 1), weights="imagenet"), "pretrained"),
 ])
 def test_bad_arguments_raise_value_error(name, kwargs, message):
     with pytest.raises(ValueError, match=message):

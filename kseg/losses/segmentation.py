@@ -1,4 +1,5 @@
-"""Segmentation losses for ``(labels (B, H, W), logits (B, H, W, C))`` on the TensorFlow backend.
+"""Segmentation losses for ``(labels (B, H, W), logits (B, H, W, C))`` on the TensorFlow backend; volumes
+``(labels (B, D, H, W), logits (B, D, H, W, C))`` work the same (every spatial axis is summed alike).
 
 Every loss here computes in float32 (logits are cast, so mixed-precision models are safe), skips the ignore label
 everywhere (ignored pixels add nothing to the value or the gradient) and returns 0, not NaN, for a batch in which
@@ -146,7 +147,7 @@ class FocalLoss(SegmentationLoss):
             self.alpha = _as_tuple(alpha, "alpha")
 
     def compute(self, labels, valid, logits):
-        log_p_t = tf.gather(tf.nn.log_softmax(logits), labels, batch_dims=3)
+        log_p_t = tf.gather(tf.nn.log_softmax(logits), labels, batch_dims=labels.shape.rank)
         # expm1 keeps 1 - p_t accurate near p_t = 1; the floor keeps the pow's gradient finite for gamma < 1.
         modulator = tf.pow(tf.maximum(-tf.math.expm1(log_p_t), 1e-12), self.gamma)
         terms = -modulator * log_p_t
@@ -183,9 +184,11 @@ class _OverlapLoss(SegmentationLoss):
         mask = tf.cast(valid, tf.float32)[..., tf.newaxis]
         probs = tf.nn.softmax(logits) * mask
         truth = tf.one_hot(labels, logits.shape[-1], dtype=tf.float32) * mask
-        tp = tf.reduce_sum(probs * truth, axis=(0, 1, 2))
-        fp = tf.reduce_sum(probs, axis=(0, 1, 2)) - tp
-        fn = tf.reduce_sum(truth, axis=(0, 1, 2)) - tp
+        # Every axis but the classes: (B, H, W) images and (B, D, H, W) volumes alike.
+        axes = list(range(logits.shape.rank - 1))
+        tp = tf.reduce_sum(probs * truth, axis=axes)
+        fp = tf.reduce_sum(probs, axis=axes) - tp
+        fn = tf.reduce_sum(truth, axis=axes) - tp
         if not self.include_background:
             tp, fp, fn = tp[1:], fp[1:], fn[1:]
         num, den = self.score_terms(tp, fp, fn)
