@@ -1,11 +1,11 @@
 """DeepLabv3+: Chen, Zhu, Papandreou, Schroff and Adam, "Encoder-Decoder with Atrous Separable Convolution for
-Semantic Image Segmentation", ECCV 2018, arXiv 1802.02611 (ASPP from DeepLabv3, arXiv 1706.05587)."""
+Semantic Image Segmentation", ECCV 2018, arXiv 1802.02611 (ASPP from DeepLabv3, arXiv 1706.05587,
+shared with ``kseg.models.deeplab``)."""
 
 from kseg.models.backbones import build_backbone
 from kseg.models.blocks import check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_bilinear
+from kseg.models.deeplab import ATROUS_RATES, aspp
 from kseg.models.registry import register_model
-
-_ATROUS_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 
 
 @register_model
@@ -46,14 +46,14 @@ def deeplabv3plus(num_classes, input_shape=(512, 512, 3), backbone="mobilenetv2"
         (None, 512, 512, 21)
     """
     K = get_keras(keras_module)
-    if output_stride not in _ATROUS_RATES:
-        raise ValueError(f"output_stride must be one of {sorted(_ATROUS_RATES)}, got {output_stride!r}")
+    if output_stride not in ATROUS_RATES:
+        raise ValueError(f"output_stride must be one of {sorted(ATROUS_RATES)}, got {output_stride!r}")
     check_input_shape(input_shape, output_stride, f"output_stride={output_stride}")
 
     inputs = K.Input(input_shape, name=f"{name}_image")
     features = build_backbone(backbone, inputs, weights=weights, output_stride=output_stride, keras_module=K,
                               **(backbone_kwargs or {}))
-    x = _aspp(K, features["P5"], aspp_filters, _ATROUS_RATES[output_stride], dropout, f"{name}_aspp")
+    x = aspp(K, features["P5"], aspp_filters, ATROUS_RATES[output_stride], dropout, f"{name}_aspp")
 
     x = upsample_bilinear(K, x, output_stride // 4, f"{name}_decoder_upsample")
     low = conv_bn_relu(K, features["P2"], low_level_filters, 1, f"{name}_decoder_low")
@@ -63,20 +63,3 @@ def deeplabv3plus(num_classes, input_shape=(512, 512, 3), backbone="mobilenetv2"
     x = logits_head(K, x, num_classes, f"{name}_logits")
     outputs = upsample_bilinear(K, x, 4, f"{name}_upsample")
     return K.Model(inputs, outputs, name=name)
-
-
-def _aspp(K, x, filters, rates, dropout, prefix):
-    """Atrous spatial pyramid pooling with an image-pooling branch (DeepLabv3, section 3.3)."""
-    height, width = int(x.shape[1]), int(x.shape[2])
-    branches = [conv_bn_relu(K, x, filters, 1, f"{prefix}_conv0")]
-    for i, rate in enumerate(rates, start=1):
-        branches.append(conv_bn_relu(K, x, filters, 3, f"{prefix}_conv{i}", dilation_rate=rate))
-    pooled = K.layers.GlobalAveragePooling2D(keepdims=True, name=f"{prefix}_pool")(x)
-    pooled = conv_bn_relu(K, pooled, filters, 1, f"{prefix}_pool_conv")
-    # A static-size resize of a 1x1 map is a broadcast: one RESIZE_BILINEAR in TFLite, no TILE or dynamic shapes.
-    branches.append(upsample_bilinear(K, pooled, (height, width), f"{prefix}_pool_upsample"))
-    x = K.layers.Concatenate(name=f"{prefix}_concat")(branches)
-    x = conv_bn_relu(K, x, filters, 1, f"{prefix}_project")
-    if dropout:
-        x = K.layers.Dropout(dropout, name=f"{prefix}_dropout")(x)
-    return x
