@@ -374,10 +374,16 @@ def test_pspnet_pyramid_and_aux_head(aux_head):
     extra = {layer.name for layer in model.layers} - {layer.name for layer in plain.layers}
     assert extra and all(n.startswith("pspnet_aux_") for n in extra), extra
     assert not [layer.name for layer in plain.layers if layer.name.startswith("pspnet_aux")]
-    import keras
+    # the deploy view is the plain model: same layers, same weights, same logits
+    from kseg.models.registry import inference_model
+    from kseg.models.twin import build_twin, transfer_weights
 
-    trimmed = keras.Model(model.input, model.outputs[0])
-    assert {layer.name for layer in trimmed.layers} == {layer.name for layer in plain.layers}
+    deploy = inference_model(model)
+    transfer_weights(deploy, plain)
+    np.testing.assert_array_equal(np.asarray(plain(x, training=False)), np.asarray(outputs[0]))
+    twin = build_twin("pspnet", **dict(config, aux_head=True))
+    assert len(twin.outputs) == 2 and sorted(layer.name for layer in twin.layers) == sorted(
+        layer.name for layer in model.layers)
 
 
 # --- full size ---------------------------------------------------------------------------------------------------
