@@ -122,3 +122,46 @@ def write_isbi(tmp_path, n=12):
         write_gray(root / "train" / "label" / f"{i}.png", grey)
         labels[str(i)] = (grey >= 128).astype(np.int32)
     return root, labels
+
+
+def blocks3d(values, seed, shape, block=4):
+    """A label volume of ``block``-sized cubes whose values cycle through ``values`` in a seeded order."""
+    rng = np.random.default_rng(seed)
+    grid_shape = tuple(s // block for s in shape)
+    grid = np.resize(rng.permutation(np.asarray(values)), int(np.prod(grid_shape))).reshape(grid_shape)
+    return np.kron(grid, np.ones((block,) * 3, int)).astype(np.int32)
+
+
+def volume_from_classes(classes, seed, channels=1):
+    """Intensities that encode the class of every voxel: ``50 + 100 * class + noise in [0, 10)`` (channel k adds
+    ``1000 * k``), so that ``round((v - 50) / 100)`` gives the class back after any voxel-exact transform."""
+    noise = np.random.default_rng(seed).uniform(0, 10, classes.shape + (channels,))
+    return (50.0 + 100.0 * classes[..., None] + noise + 1000.0 * np.arange(channels)).astype(np.float32)
+
+
+def write_nifti_volume(path, volume, affine=None):
+    """Writes a (D, H, W[, C]) array as NIfTI, whose voxel axes are (x, y, z[, c]) = (W, H, D[, C])."""
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = volume.transpose((2, 1, 0) if volume.ndim == 3 else (2, 1, 0, 3))
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+
+
+def write_nifti(tmp_path, n=4, shape=(12, 16, 20), channels=1, num_classes=3):
+    """Medical Segmentation Decathlon layout: ``imagesTr/case_N.nii.gz`` and ``labelsTr/case_N.nii.gz`` (float32
+    intensities from `volume_from_classes`, uint8 labels with a few 255 = ignore voxels), plus a ``._case_0.nii.gz``
+    resource-fork file as the Decathlon archives carry. Returns the root and ``{case: (image, label)}``, the
+    arrays as the loader should give them (D, H, W, C) and (D, H, W)."""
+    root = tmp_path / "Task00_Tiny"
+    cases = {}
+    for i in range(n):
+        classes = blocks3d(range(num_classes), seed=50 + i, shape=shape)
+        image = volume_from_classes(classes, seed=50 + i, channels=channels)
+        label = classes.copy()
+        label[0, 0, :3] = 255
+        write_nifti_volume(root / "imagesTr" / f"case_{i}.nii.gz", image if channels > 1 else image[..., 0])
+        write_nifti_volume(root / "labelsTr" / f"case_{i}.nii.gz", label.astype(np.uint8))
+        cases[f"case_{i}"] = (image, label)
+    (root / "imagesTr" / "._case_0.nii.gz").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")
+    return root, cases

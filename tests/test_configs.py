@@ -6,13 +6,16 @@ import re
 import pytest
 
 import kseg
-from data_fixtures import write_cityscapes, write_isbi, write_voc
+from data_fixtures import write_cityscapes, write_isbi, write_nifti, write_voc
 from kseg.config import load_config
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-NAME = re.compile(r"^(?P<model>[a-z0-9]+)(_(?P<backbone>[a-z0-9]+))?_(?P<dataset>[a-z0-9]+)-(?P<h>\d+)x(?P<w>\d+)$")
+# Volumes: {D}x{H}x{W}.
+NAME = re.compile(r"^(?P<model>[a-z0-9]+)(_(?P<backbone>[a-z0-9]+))?_(?P<dataset>[a-z0-9]+)"
+                  r"-((?P<d>\d+)x)?(?P<h>\d+)x(?P<w>\d+)$")
 # ISBI has 30 training images; the configs split them by index
-FIXTURES = {"voc": write_voc, "cityscapes": write_cityscapes, "isbi": lambda tmp: write_isbi(tmp, n=30)}
+FIXTURES = {"voc": write_voc, "cityscapes": write_cityscapes, "isbi": lambda tmp: write_isbi(tmp, n=30),
+            "nifti": lambda tmp: write_nifti(tmp, n=2, channels=2)}
 
 
 def test_there_are_configs():
@@ -35,4 +38,5 @@ def test_config_is_named_and_valid(path, tmp_path):
     assert cfg["model"]["name"] == parts["model"] and parts["model"] in kseg.list_models()
     if parts["backbone"]:
         assert cfg["model"].get("backbone") == parts["backbone"]
-    assert list(cfg["data"]["image_size"]) == [int(parts["h"]), int(parts["w"])]
+    size = [int(parts[k]) for k in ("d", "h", "w") if parts[k]]
+    assert list(cfg["data"]["image_size"]) == size

@@ -2,12 +2,13 @@
 
 `build_dataset` yields ``(image float32 (B, H, W, 3) raw RGB in [0, 255], label int32 (B, H, W))``
 with static H, W; ``ignore_index`` (255) marks pixels that are never scored. TensorFlow and Keras
-are imported on first use only.
+are imported on first use only. The ``nifti`` format yields volumes ``(image float32 (B, D, H, W, C)``
+raw intensities, ``label int32 (B, D, H, W))`` (`kseg.data.volumes`).
 
 Data config schema (the ``data:`` section of an experiment file; defaults after ``=``)::
 
     data:
-      format: isbi            # folder | voc | sbd | cityscapes | isbi | synthetic  (list_formats())
+      format: isbi            # folder | voc | sbd | cityscapes | isbi | synthetic | nifti  (list_formats())
       root: ../shared/data/isbi2012-membrane
                               # relative: to the current directory, else to the config file's folder
       image_size: [256, 256]  # [H, W] (or one int) every sample is brought to
@@ -43,6 +44,29 @@ Data config schema (the ``data:`` section of an experiment file; defaults after 
         contrast: 0.2         # image only
         elastic: {alpha: 34, sigma: 4, p: 1.0}   # pixels at image_size; per sample (crop), OpenCV
         fill: constant        # borders: constant (image 0, label ignore) | reflect
+
+Volumes (``format: nifti``, the Medical Segmentation Decathlon layout ``imagesTr/<case>.nii.gz`` +
+``labelsTr/<case>.nii.gz``; needs nibabel and scipy) replace ``image_size`` by ``volume_size`` and take
+their own augmentations; crop_size is [D, H, W]; crop_pad, cache, splits, num_classes, ignore_index,
+image_dir and mask_dir mean the same as for images::
+
+    data:
+      format: nifti
+      root: ../shared/data/Task09_Spleen
+      volume_size: [64, 128, 128]   # [D, H, W] every volume is brought to (image_size is set to it)
+      channels: 1             # = 1; modalities in a 4-D image file
+      spacing: [1.5, 1.0, 1.0] # = null; resample to this voxel size (mm, D H W) before sizing
+      resize: stretch         # stretch | letterbox | center (crop/pad around the centre, no resampling)
+      num_classes: 2
+      splits: {train: "0-31", val: "32-40"}
+      augment:
+        dflip: true           # flips along D, H (vflip), W (hflip); = false
+        vflip: true
+        hflip: true
+        rot90: true           # random quarter turns in the axial (H, W) plane; = false
+        rotate: 0.03          # max axial rotation, fraction of a full turn; = 0
+        intensity_scale: 0.1  # image x U(1 - s, 1 + s) per channel; = 0
+        intensity_shift: 0.1  # image + U(-t, t) x its standard deviation per channel; = 0
 
 Errors a user can fix are `kseg.errors.ConfigError` (the config) and `kseg.errors.DataError`
 (``"<file>: <problem>; <what to do>"``). Decode errors happen inside tf.data; `data_errors()`

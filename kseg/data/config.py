@@ -9,8 +9,12 @@ from kseg.data.formats import get_format
 from kseg.errors import ConfigError
 
 _KEYS = ("format", "root", "num_classes", "image_size", "ignore_index", "splits", "augment", "resize",
-         "image_dir", "mask_dir", "palette", "class_names", "synthetic", "crop_size", "crop_pad", "cache")
+         "image_dir", "mask_dir", "palette", "class_names", "synthetic", "crop_size", "crop_pad", "cache",
+         "volume_size", "channels", "spacing")
 _AUGMENT_KEYS = ("hflip", "vflip", "rotate", "scale", "translate", "brightness", "contrast", "elastic", "fill")
+# Volume formats (nifti): their own keys and augmentations (kseg.data.volumes).
+_VOLUME_KEYS = ("volume_size", "channels", "spacing")
+_VOLUME_AUGMENT_KEYS = ("hflip", "vflip", "dflip", "rot90", "rotate", "intensity_scale", "intensity_shift")
 _SYNTHETIC_MAX_CLASSES = 8
 
 
@@ -37,20 +41,28 @@ def validate_data_config(cfg, base_dir=None):
     fmt = get_format(_require(cfg, "format", str))
     cfg["root"] = str(fmt.locate(_resolve_root(_require(cfg, "root", (str, os.PathLike)), base_dir,
                                                fmt.root_must_exist)))
-    cfg["image_size"] = _size(_require(cfg, "image_size", (int, list, tuple)), "data.image_size")
+    if fmt.volumetric:
+        _volume(cfg)
+    else:
+        for key in _VOLUME_KEYS:
+            if key in cfg:
+                raise ConfigError(f"data.{key} is for volume formats (nifti) only; format '{fmt.name}' has images")
+        cfg["image_size"] = _size(_require(cfg, "image_size", (int, list, tuple)), "data.image_size")
     cfg["num_classes"] = _num_classes(cfg, fmt)
     cfg["ignore_index"] = _int(cfg.get("ignore_index", 255), "data.ignore_index")
     if 0 <= cfg["ignore_index"] < cfg["num_classes"]:
         raise ConfigError(f"data.ignore_index {cfg['ignore_index']} is a class id (num_classes "
                           f"{cfg['num_classes']}); use 255")
-    cfg["resize"] = _choice(cfg.get("resize", "stretch"), ("stretch", "letterbox"), "data.resize")
+    cfg["resize"] = _choice(cfg.get("resize", "stretch"),
+                            ("stretch", "letterbox", "center") if fmt.volumetric else ("stretch", "letterbox"),
+                            "data.resize")
     cfg["image_dir"] = _typed(cfg.get("image_dir", fmt.image_dir), str, "data.image_dir")
     cfg["mask_dir"] = _typed(cfg.get("mask_dir", fmt.mask_dir), str, "data.mask_dir")
     cfg["palette"] = _palette(cfg.get("palette"))
     cfg["class_names"] = _class_names(cfg.get("class_names"), cfg["num_classes"])
     cfg["synthetic"] = _synthetic(cfg) if fmt.name == "synthetic" else None
     cfg["splits"] = _splits(cfg)
-    cfg["augment"] = _augment(cfg.get("augment"))
+    cfg["augment"] = _volume_augment(cfg.get("augment")) if fmt.volumetric else _augment(cfg.get("augment"))
     cfg["crop_pad"] = _typed(cfg.get("crop_pad", False), bool, "data.crop_pad")
     cfg["crop_size"] = _crop_size(cfg)
     cfg["cache"] = _typed(cfg.get("cache", False), bool, "data.cache")
@@ -106,19 +118,39 @@ def _resolve_root(root, base_dir, must_exist):
     return candidates[0].resolve()
 
 
-def _size(value, name):
-    size = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
-    if (not isinstance(size, (list, tuple)) or len(size) != 2
+def _size(value, name, n=2):
+    size = [value] * n if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(size, (list, tuple)) or len(size) != n
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        raise ConfigError(f"{name} must be [height, width] (positive integers), got {value!r}")
+        axes = "[height, width]" if n == 2 else "[depth, height, width]"
+        raise ConfigError(f"{name} must be {axes} (positive integers), got {value!r}")
     return list(size)
+
+
+def _volume(cfg):
+    """``volume_size`` [D, H, W] (required; ``image_size`` becomes the same, for the trainer), ``channels``
+    (= 1) and ``spacing`` (= null: no resampling to a voxel size first)."""
+    cfg["volume_size"] = _size(_require(cfg, "volume_size", (int, list, tuple)), "data.volume_size", 3)
+    given = cfg.get("image_size")
+    if given is not None and (not isinstance(given, (list, tuple)) or list(given) != cfg["volume_size"]):
+        raise ConfigError(f"data.image_size {given!r} differs from data.volume_size "
+                          f"{cfg['volume_size']}; for volumes give data.volume_size only")
+    cfg["image_size"] = list(cfg["volume_size"])
+    cfg["channels"] = _int(cfg.get("channels", 1), "data.channels", 1)
+    spacing = cfg.get("spacing")
+    if spacing is not None and (
+            not isinstance(spacing, (list, tuple)) or len(spacing) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in spacing)):
+        raise ConfigError(f"data.spacing must be null or [depth, height, width] voxel sizes in mm (positive), "
+                          f"got {spacing!r}")
+    cfg["spacing"] = None if spacing is None else [float(v) for v in spacing]
 
 
 def _crop_size(cfg):
     if cfg.get("crop_size") is None:
         return None
-    crop = _size(cfg["crop_size"], "data.crop_size")
-    if not cfg["crop_pad"] and (crop[0] > cfg["image_size"][0] or crop[1] > cfg["image_size"][1]):
+    crop = _size(cfg["crop_size"], "data.crop_size", len(cfg["image_size"]))
+    if not cfg["crop_pad"] and any(c > s for c, s in zip(crop, cfg["image_size"])):
         raise ConfigError(f"data.crop_size {crop} is larger than data.image_size {cfg['image_size']} (crops are "
                           f"cut from the image brought to image_size); lower crop_size, raise image_size, or set "
                           f"data.crop_pad: true to pad crops with data.ignore_index")
@@ -194,6 +226,20 @@ def _splits(cfg):
         else:
             _typed(spec, str, f"data.splits.{name}")
     return splits
+
+
+def _volume_augment(value):
+    spec = dict(_typed(value or {}, Mapping, "data.augment"))
+    for key in spec:
+        if key not in _VOLUME_AUGMENT_KEYS:
+            raise ConfigError(f"data.augment.{key}: unknown key for volumes; known keys are "
+                              f"{', '.join(_VOLUME_AUGMENT_KEYS)}")
+    out = {key: _typed(spec.get(key, False), bool, f"data.augment.{key}")
+           for key in ("hflip", "vflip", "dflip", "rot90")}
+    out["rotate"] = _number(spec.get("rotate", 0.0), "data.augment.rotate (fraction of a full turn)", 0, 0.5)
+    out["intensity_scale"] = _number(spec.get("intensity_scale", 0.0), "data.augment.intensity_scale", 0, 0.9)
+    out["intensity_shift"] = _number(spec.get("intensity_shift", 0.0), "data.augment.intensity_shift", 0, 10)
+    return out
 
 
 def _augment(value):

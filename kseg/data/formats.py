@@ -74,6 +74,7 @@ class Format:
     mask_dir = "masks"
     mask_exts = MASK_EXTS
     root_must_exist = True
+    volumetric = False  # True: samples are (D, H, W, C) volumes, loaded by kseg.data.volumes
 
     def class_names(self, cfg):
         return tuple(cfg.get("class_names") or (f"class_{i}" for i in range(cfg["num_classes"])))
@@ -300,8 +301,67 @@ class SyntheticFormat(Format):
         return read_mask(path)
 
 
+NIFTI_EXTS = (".nii.gz", ".nii")
+
+
+class NiftiFormat(Format):
+    """NIfTI volumes in the Medical Segmentation Decathlon layout: ``imagesTr/<case>.nii.gz`` with
+    ``labelsTr/<case>.nii.gz`` (or ``.nii``), matched by case name; reading, resampling and augmentation are in
+    `kseg.data.volumes`. Files whose name starts with ``.`` (the ``._case.nii.gz`` resource forks of the
+    Decathlon archives) are skipped."""
+
+    name = "nifti"
+    image_dir = "imagesTr"
+    mask_dir = "labelsTr"
+    mask_exts = NIFTI_EXTS
+    volumetric = True
+
+    def pair(self, image_dir, mask_dir, stems=None, list_file=None):
+        images = _nifti_by_case(image_dir, "image")
+        labels = _nifti_by_case(mask_dir, "label")
+        pairs = []
+        # A list file may give "case.nii.gz", whose stem (what Format._resolve passes) is "case.nii".
+        cases = sorted(images, key=natural_key) if stems is None else [_case_name(s) for s in stems]
+        for case in cases:
+            if case not in images:
+                raise DataError(f"{list_file}: lists '{case}' but {image_dir} has no volume {case}.nii.gz; "
+                                f"fix the list or add the volume")
+            if case not in labels:
+                raise DataError(f"{images[case]}: no label volume for this image; expected "
+                                f"{mask_dir / case}.nii.gz (labels are matched by case name)")
+            pairs.append((str(images[case]), str(labels[case])))
+        return pairs
+
+    def read_label(self, path, cfg):
+        from kseg.data.volumes import read_label_volume
+
+        return read_label_volume(path)
+
+
+def _case_name(name):
+    for ext in NIFTI_EXTS:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _nifti_by_case(folder, kind):
+    if not folder.is_dir():
+        raise DataError(f"{folder}: {kind} folder not found; check data.root, data.image_dir and data.mask_dir "
+                        f"(the Decathlon layout has imagesTr/ and labelsTr/)")
+    found = {}
+    for path in folder.iterdir():
+        if path.name.startswith(".") or not path.name.endswith(NIFTI_EXTS):
+            continue
+        case = _case_name(path.name)
+        if case in found:
+            raise DataError(f"{path}: same case name as {found[case]}; {kind}s are matched by name, keep one")
+        found[case] = path
+    return found
+
+
 FORMATS = {f.name: f for f in (Format(), VocFormat(), SbdFormat(), CityscapesFormat(), IsbiFormat(),
-                               SyntheticFormat())}
+                               SyntheticFormat(), NiftiFormat())}
 
 
 def list_formats():

@@ -9,6 +9,7 @@ from kseg.data.augment import batch_augmenter, sample_augmenter
 from kseg.data.config import validate_data_config
 from kseg.data.formats import get_format
 from kseg.data.io import check_labels, fit_size, read_image
+from kseg.data.volumes import build_volume_dataset, load_volume
 from kseg.errors import DataError
 
 # TF wraps an exception raised in tf.numpy_function into an OpError whose text ends in the traceback,
@@ -36,11 +37,14 @@ def load_sample(cfg, image_path, mask_path):
         mask_path: mask file.
 
     Returns:
-        (image uint8 (H, W, 3), label int32 (H, W)).
+        (image uint8 (H, W, 3), label int32 (H, W)); volume formats: (image float32 (D, H, W, C), label int32
+        (D, H, W)), see `kseg.data.volumes`.
 
     Raises:
         DataError: unreadable file, size mismatch, label out of range, unknown colour.
     """
+    if get_format(cfg["format"]).volumetric:
+        return load_volume(cfg, image_path, mask_path)
     image = read_image(image_path)
     label = get_format(cfg["format"]).read_label(mask_path, cfg)
     if image.shape[:2] != label.shape:
@@ -70,7 +74,8 @@ def build_dataset(data_cfg, split, batch_size, augment=False, shuffle=None, repe
 
     Returns:
         tf.data.Dataset of ``(image float32 (B, H, W, 3), label int32 (B, H, W))`` with static H, W:
-        ``data.crop_size`` when augmenting with crops, else ``data.image_size``. Decode errors surface as
+        ``data.crop_size`` when augmenting with crops, else ``data.image_size`` (volume formats:
+        ``(B, D, H, W, C)`` and ``(B, D, H, W)``, see `kseg.data.volumes`). Decode errors surface as
         TF op errors carrying the DataError text; wrap iteration (or ``model.fit``) in `data_errors()` to
         get the DataError back.
     """
@@ -78,8 +83,10 @@ def build_dataset(data_cfg, split, batch_size, augment=False, shuffle=None, repe
 
     cfg = validate_data_config(data_cfg)
     samples = get_format(cfg["format"]).samples(cfg, split)
-    height, width = cfg["image_size"]
     shuffle = split == "train" if shuffle is None else shuffle
+    if get_format(cfg["format"]).volumetric:
+        return build_volume_dataset(cfg, samples, batch_size, augment, shuffle, repeat, seed, drop_remainder)
+    height, width = cfg["image_size"]
     deterministic = seed is not None or not shuffle
 
     def decode(image_path, mask_path):
