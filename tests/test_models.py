@@ -19,6 +19,9 @@ SMALL_CONFIGS = {
     "segnet": dict(num_classes=3, input_shape=(64, 64, 3), base_filters=4),
     "fpn": dict(num_classes=3, input_shape=(64, 64, 3), backbone="mobilenetv2", pyramid_filters=16, head_filters=8,
                 backbone_kwargs={"alpha": 0.35}),
+    "segnet": dict(num_classes=3, input_shape=(64, 64, 3), base_filters=4),
+    "fpn": dict(num_classes=3, input_shape=(64, 64, 3), backbone="mobilenetv2", pyramid_filters=16, head_filters=8,
+                backbone_kwargs={"alpha": 0.35}),
     # dropout 0: the papers' 0.5 on 16 or 8 filters makes the loss of the training-step check rise about as
     # often as fall (the dedicated FCN / DeepLab tests below convert the default, dropout 0.5, models)
     **{name: dict(num_classes=3, input_shape=(64, 64, 3), backbone="mobilenetv2", fc_filters=16, dropout=0.0,
@@ -236,6 +239,13 @@ def test_vgg16_weights_file_mismatch(tmp_path):
     ("fpn", dict(input_shape=(48, 48, 3)), "divisible by 32"),
     ("fpn", dict(input_shape=(64, 64, 3), pyramid_filters=0), "pyramid_filters"),
     ("fpn", dict(input_shape=(64, 64, 3), backbone="alexnet"), "unknown backbone"),
+    ("segnet", dict(input_shape=(48, 48, 3)), "divisible by 32"),
+    ("segnet", dict(input_shape=(48, 48, 3), depth=6), "depth"),
+    ("segnet", dict(input_shape=(64, 64, 3), base_filters=8, weights="imagenet"), "base_filters=64"),
+    ("segnet", dict(input_shape=(64, 64, 1), weights="imagenet"), "3 input channels"),
+    ("fpn", dict(input_shape=(48, 48, 3)), "divisible by 32"),
+    ("fpn", dict(input_shape=(64, 64, 3), pyramid_filters=0), "pyramid_filters"),
+    ("fpn", dict(input_shape=(64, 64, 3), backbone="alexnet"), "unknown backbone"),
     ("vnet", dict(input_shape=(16, 24, 32, 1), depth=4), "divisible by 16"),
     ("vnet", dict(input_shape=(32, 32, 1)), "depth, height, width, channels"),
     ("vnet", dict(input_shape=(16, 16, 16, 1), kernel_size=4), "kernel_size"),
@@ -384,6 +394,29 @@ def test_pspnet_pyramid_and_aux_head(aux_head):
     twin = build_twin("pspnet", **dict(config, aux_head=True))
     assert len(twin.outputs) == 2 and sorted(layer.name for layer in twin.layers) == sorted(
         layer.name for layer in model.layers)
+
+
+def test_fpn_pyramid_and_semantic_head():
+    """ResNet50 (the paper's backbone) P2..P5 -> 256-style pyramid at strides 4..32 -> head merged at stride 4;
+    ``feature_pyramid`` is reusable on any backbone's features and refuses dilated (non-halving) levels."""
+    import keras
+
+    from kseg.models.fpn import feature_pyramid
+
+    model = kseg.create_model("fpn", num_classes=2, input_shape=(64, 96, 3), pyramid_filters=16, head_filters=8)
+    for k, stride in zip(range(2, 6), (4, 8, 16, 32)):
+        assert model.get_layer(f"fpn_pyramid_output{k}").output.shape[1:] == (64 // stride, 96 // stride, 16)
+        assert model.get_layer(f"fpn_head{k}_conv{max(1, k - 2)}").output.shape[-1] == 8
+    assert model.get_layer("fpn_head5_upsample3").output.shape[1:3] == (16, 24)
+    assert "fpn_head2_upsample1" not in [layer.name for layer in model.layers]
+    assert len(model.get_layer("fpn_head_sum").input) == 4
+    run_output_shape_test(model, 2)
+
+    image = keras.Input((64, 64, 3))
+    pyramid = feature_pyramid(keras, build_backbone("vgg16", image), 8, "p")
+    assert [tuple(pyramid[f"P{k}"].shape[1:]) for k in range(2, 6)] == [(16, 16, 8), (8, 8, 8), (4, 4, 8), (2, 2, 8)]
+    with pytest.raises(ValueError, match="output stride 32"):
+        feature_pyramid(keras, build_backbone("vgg16", keras.Input((64, 64, 3)), output_stride=16), 8, "q")
 
 
 # --- full size ---------------------------------------------------------------------------------------------------
