@@ -20,11 +20,11 @@ _CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)  # the VGG16 "caffe" means, as in k
 # like real indices. The scale is applied in clipped stages of x256 by fixed 1x1 depthwise convs, and the
 # switched-off values are pushed below zero by subtracting 2**15 (post-ReLU features are far smaller) and cut
 # by a ReLU, not multiplied by a mask: found by converting to full int8 with TF 2.21, where a single large scale
-# overflows a quantized SUB's rescaling (at most 2**19), and the input of every MUL (Rescaling, Multiply) got
-# the MUL output's quantization range, which rounded the 0/1 switches away.
+# overflows a quantized SUB's rescaling (at most 2**19), and in SegNet the input of a MUL (Rescaling, Multiply)
+# got the MUL output's quantization range, which rounded the 0/1 switches away (tests/test_segnet.py checks int8).
 _SWITCH_STAGE_SCALE = 256.0
 _SWITCH_STAGES = 3
-_SWITCH_OFF_SHIFT = 2.0**15  # < float16's max, for mixed precision
+_SWITCH_OFF_SHIFT = 2.0**15  # below float16's max: the chain also works under mixed precision
 
 
 def upsample_nearest2x(K, x, name):
