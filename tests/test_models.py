@@ -7,7 +7,7 @@ import pytest
 
 import kseg
 from kseg.errors import ModelFileError
-from kseg.models.backbones import build_backbone, feature_strides, list_backbones
+from kseg.models.backbones import application_name, build_backbone, feature_strides, list_backbones
 from model_case import (run_output_shape_test, run_saving_test, run_tflite_test, run_training_step_test,
                         run_twin_test)
 
@@ -125,12 +125,37 @@ def test_twin_transfer_rejects_other_architecture():
 
 # --- backbone contract -------------------------------------------------------------------------------------------
 
-BACKBONE_KWARGS = {"mobilenetv2": {"alpha": 0.35}}
+BACKBONE_KWARGS = {"mobilenetv2": {"alpha": 0.35}, "mobilenetv3small": {"alpha": 0.75},
+                   "mobilenetv3large": {"alpha": 0.75}}
 
 
-@pytest.mark.parametrize("output_stride", [32, 16, 8])
-@pytest.mark.parametrize("backbone", list_backbones())
-def test_backbone_feature_strides(backbone, output_stride):
+@pytest.fixture(scope="module")
+def plain_backbones():
+    """The plain ``keras.applications`` network of each backbone at 64x64, built once per module."""
+    cache = {}
+
+    def get(backbone):
+        import keras
+
+        if backbone not in cache:
+            cache[backbone] = getattr(keras.applications, application_name(backbone))(
+                input_shape=(64, 64, 3), include_top=False, weights=None, **BACKBONE_KWARGS.get(backbone, {}))
+        return cache[backbone]
+
+    return get
+
+
+# Variants built by the same spec code as another backbone (resnet50, efficientnetb0) differ only in block counts,
+# i.e. in their stage layer names: output stride 8 checks all of those (8 s each here, so in the slow run).
+_SPEC_VARIANTS = ("resnet101", "efficientnetb1", "efficientnetb2", "efficientnetb3")
+
+
+@pytest.mark.parametrize("backbone, output_stride", [
+    (backbone, output_stride) if backbone not in _SPEC_VARIANTS
+    else pytest.param(backbone, output_stride, marks=pytest.mark.slow)
+    for backbone in list_backbones() for output_stride in (32, 16, 8)
+    if output_stride == 8 or backbone not in _SPEC_VARIANTS])
+def test_backbone_feature_strides(backbone, output_stride, plain_backbones):
     import keras
 
     size = 64
@@ -140,17 +165,26 @@ def test_backbone_feature_strides(backbone, output_stride):
     strides = feature_strides(output_stride)
     for key, tensor in features.items():
         assert tuple(tensor.shape[1:3]) == (size // strides[key],) * 2, (key, tensor.shape)
-    if output_stride == 8:  # dilation changes strides and rates only: every weight keeps its shape
-        dilated = keras.Model(image, list(features.values()))
-        plain = getattr(keras.applications, {"vgg16": "VGG16", "resnet50": "ResNet50",
-                                             "mobilenetv2": "MobileNetV2"}[backbone])(
-            input_shape=(size, size, 3), include_top=False, weights=None, **BACKBONE_KWARGS.get(backbone, {}))
-        shapes = {layer.name: [w.shape for w in layer.weights] for layer in plain.layers if layer.weights}
-        for layer in dilated.layers:
-            if layer.name in shapes:
-                assert [w.shape for w in layer.weights] == shapes[layer.name], layer.name
-        rates = {layer.name: layer.dilation_rate for layer in dilated.layers if hasattr(layer, "dilation_rate")}
-        assert max(r[0] for r in rates.values()) == (2 if backbone == "vgg16" else 4)
+    if output_stride == 32:
+        return
+    # Dilation changes strides and rates only: every weight keeps its shape, and every k x k conv (k > 1) runs at
+    # rate (its input stride in the plain network) / output_stride (DeepLab's rule, for the stride-2 conv that
+    # now keeps the resolution as for the convs after it).
+    dilated = keras.Model(image, list(features.values()))
+    plain = plain_backbones(backbone)
+    plain_names = {layer.name for layer in plain.layers}
+    checked = 0
+    for layer in dilated.layers:
+        if layer.name not in plain_names:
+            continue
+        reference = plain.get_layer(layer.name)
+        assert [w.shape for w in layer.weights] == [w.shape for w in reference.weights], layer.name
+        if hasattr(layer, "dilation_rate") and max(layer.kernel_size) > 1:
+            input_stride = size // int(reference.output.shape[1]) // reference.strides[0]
+            rate = max(1, input_stride // output_stride)
+            assert tuple(layer.dilation_rate) == (rate, rate), (layer.name, layer.dilation_rate, rate)
+            checked += rate > 1
+    assert checked or output_stride == 16, "no conv was dilated"  # VGG16 has no conv past its stride-32 pool
 
 
 def test_backbone_rejects_bad_arguments():
@@ -165,6 +199,8 @@ def test_backbone_rejects_bad_arguments():
         build_backbone("vgg16", keras.Input((64, 64, 4)))
     with pytest.raises(ModelFileError, match="not found"):
         build_backbone("vgg16", image, weights="/nonexistent/vgg16.h5")
+    with pytest.raises(ValueError, match="include_preprocessing is fixed"):
+        build_backbone("mobilenetv3small", image, include_preprocessing=True)
 
 
 def _write_named_keras3_weights(model, path):
@@ -221,6 +257,83 @@ def test_vgg16_weights_file_mismatch(tmp_path):
     other.save_weights(tmp_path / "other.weights.h5")
     with pytest.raises(ModelFileError, match="does not load as a vgg16 weights file"):
         build_backbone("vgg16", keras.Input((32, 32, 3)), weights=str(tmp_path / "other.weights.h5"))
+
+
+@pytest.mark.parametrize("backbone, framework, size, kwargs", [
+    ("mobilenetv3small", "keras", 40, {"minimalistic": True}),  # 40: 5x5 at stride 8 takes Keras' odd padding
+    ("mobilenetv3small", "tf_keras", 64, {}),
+    ("mobilenetv3large", "keras", 64, {}),
+])
+def test_mobilenetv3_matches_application(backbone, framework, size, kwargs, tmp_path):
+    """kseg's own MobileNetV3 graph (see the backbones docstring) loads a weights file by the framework's layer
+    names and computes what ``keras.applications`` computes on ``x / 127.5 - 1``."""
+    import importlib
+
+    from model_case import randomize_batchnorm
+
+    K = importlib.import_module(framework)
+    reference = getattr(K.applications, application_name(backbone))(
+        input_shape=(size, size, 3), include_top=False, weights=None, include_preprocessing=False, **kwargs)
+    randomize_batchnorm(reference)
+    path = tmp_path / "reference.h5"
+    reference.save(path)
+    image = K.Input((size, size, 3))
+    backbone_model = K.Model(image, build_backbone(backbone, image, weights=str(path), keras_module=K,
+                                                   **kwargs)["P5"])
+    x = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
+    expected = np.asarray(reference(x / 127.5 - 1.0))
+    np.testing.assert_allclose(np.asarray(backbone_model(x)), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_efficientnet_sees_imagenet_input(monkeypatch, tmp_path):
+    """EfficientNet's ``{name}_preprocess`` replaces the application's Rescaling -> Normalization -> Rescaling:
+    ``weights="imagenet"`` (a fake download) gives what ``keras.applications`` computes with its ImageNet weights,
+    and a file whose Normalization holds other statistics is refused (its ``normalization`` layer is matched to
+    this process' ``normalization_<n>``)."""
+    import keras
+    import keras.src.utils.file_utils
+
+    from model_case import randomize_batchnorm
+
+    fresh = keras.applications.EfficientNetB0(input_shape=(32, 32, 3), include_top=False, weights=None)
+    fresh.save(tmp_path / "fresh.h5")  # Normalization mean 0, variance 1: trained on other inputs
+    with pytest.raises(ModelFileError, match="ImageNet statistics"):
+        build_backbone("efficientnetb0", keras.Input((32, 32, 3)), weights=str(tmp_path / "fresh.h5"))
+
+    randomize_batchnorm(fresh)
+    normalization = next(layer for layer in fresh.layers if type(layer).__name__ == "Normalization")
+    # Keras' ImageNet files store the standard deviations as the "variance" (tensorflow issue 49930)
+    normalization.set_weights([np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225]),
+                               normalization.get_weights()[2]])
+    path = tmp_path / "imagenet.h5"
+    fresh.save(path)
+    monkeypatch.setattr(keras.src.utils.file_utils, "get_file", lambda *args, **kwargs: str(path))
+    reference = keras.applications.EfficientNetB0(input_shape=(32, 32, 3), include_top=False, weights="imagenet")
+    x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
+    expected = np.asarray(reference(x))
+    image = keras.Input((32, 32, 3))
+    backbone_model = keras.Model(image, build_backbone("efficientnetb0", image, weights="imagenet")["P5"])
+    assert backbone_model.layers[1].name == "efficientnetb0_preprocess"
+    assert not any(type(layer).__name__ == "Normalization" for layer in backbone_model.layers)
+    np.testing.assert_allclose(np.asarray(backbone_model(x)), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("backbone", [
+    "mobilenetv3small", "efficientnetb0",
+    # the same layer types as the two above and as resnet50; about 50 s and 100 s here
+    pytest.param("mobilenetv3large", marks=pytest.mark.slow), pytest.param("resnet101", marks=pytest.mark.slow)])
+def test_deeplabv3plus_backbone_twin_and_tflite(backbone):
+    """Each backbone beyond the registry's mobilenetv2 builds the same on tf_keras and converts to TFLite within
+    the registry's tolerances, with edge-safe ops only (EfficientNet-B1..B3 share B0's code and layers)."""
+    config = dict(SMALL_CONFIGS["deeplabv3plus"], backbone=backbone, backbone_kwargs=BACKBONE_KWARGS.get(backbone))
+    model = kseg.create_model("deeplabv3plus", **config)
+    initial = model.get_weights()
+    diff = run_twin_test(model, "deeplabv3plus", config)
+    # Each check randomizes the BN statistics once; twice compounds in EfficientNet's 16 SE blocks to logits of
+    # ~1e4 whose float32 rounding no longer measures the conversion.
+    model.set_weights(initial)
+    err, ops = run_tflite_test(model)
+    print(f"deeplabv3plus {backbone}: twin max abs diff {diff:.2e}, tflite max abs err {err:.2e}, ops {dict(ops)}")
 
 
 # --- builder arguments -------------------------------------------------------------------------------------------
