@@ -310,3 +310,31 @@ def test_crop_training_saves_a_full_size_model(tmp_path, shapes):
     # the saved full-size model scores what the trainer reported for it
     cm = evaluate_model(best, build_dataset(cfg["data"], "val", 4), cfg["data"]["num_classes"])
     assert cm.mean_iou() == pytest.approx(result["best_miou"], abs=1e-6)
+
+
+@pytest.mark.parametrize("size, crop", [(96, None), (192, 96)])
+def test_auxiliary_head_trains_and_is_dropped_from_the_saved_model(tmp_path, size, crop):
+    """``model.aux_weight`` trains PSPNet with its auxiliary head (two losses); what validates and is saved is the
+    single-output inference model, also when training on crops. (PSPNet's 6-bin pooling at output stride 16
+    needs sides divisible by 96.)"""
+    data = {"format": "synthetic", "root": str(tmp_path / "shapes"), "image_size": [size, size],
+            "synthetic": {"num_images": 8}, **({"crop_size": [crop, crop]} if crop else {})}
+    path = tmp_path / "aux.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"name": "pspnet", "backbone": "mobilenetv2", "backbone_kwargs": {"alpha": 0.35},
+                  "output_stride": 16, "aux_weight": 0.4},
+        "data": data, "train": {"epochs": 1, "batch_size": 2, "steps_per_epoch": 2},
+        "output": {"dir": str(tmp_path / "run")}}))
+    cfg = load_config(path)
+    result = train(cfg, verbose=0)
+    assert not np.isnan(result["best_miou"])
+    best = keras.saving.load_model(os.path.join(result["run_dir"], "best.keras"), compile=False)
+    assert len(best.outputs) == 1
+    assert not [layer.name for layer in best.layers if layer.name.startswith("pspnet_aux")]
+    cm = evaluate_model(best, build_dataset(cfg["data"], "val", 2), cfg["data"]["num_classes"])
+    assert cm.mean_iou() == pytest.approx(result["best_miou"], abs=1e-6)
+
+
+def test_aux_weight_needs_a_model_with_an_auxiliary_head(tmp_path, shapes):
+    with pytest.raises(ConfigError, match="model.aux_weight.*no auxiliary head"):
+        make_config(tmp_path, shapes, "model.aux_weight=0.4")

@@ -57,6 +57,12 @@ def upsample_bilinear(K, x, size, name):
     return K.layers.UpSampling2D(size=size, interpolation="bilinear", name=name)(x)
 
 
+def upsample_logits(K, x, size, name):
+    """``upsample_bilinear`` of logits to the input size, computed in float32: under a ``mixed_float16`` policy
+    a default-dtype resize would hand float16 logits to the loss and break the output contract."""
+    return K.layers.UpSampling2D(size=size, interpolation="bilinear", dtype="float32", name=name)(x)
+
+
 def logits_head(K, x, num_classes, name):
     """1x1 conv to per-pixel class logits, kept float32 under a mixed-precision policy (the output contract)."""
     return K.layers.Conv2D(num_classes, 1, padding="same", dtype="float32", name=name)(x)

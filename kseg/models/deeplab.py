@@ -11,7 +11,8 @@ The dense CRF post-processing of v1/v2 is not part of these networks.
 """
 
 from kseg.models.backbones import build_backbone
-from kseg.models.blocks import check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_bilinear
+from kseg.models.blocks import (check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_bilinear,
+                                upsample_logits)
 from kseg.models.registry import register_model
 
 # DeepLabv3's ASPP rates per output stride (doubled at stride 8 so that they cover the same image area).
@@ -69,7 +70,7 @@ def deeplabv1(num_classes, input_shape=(512, 512, 3), backbone="vgg16", output_s
                               **(backbone_kwargs or {}))
     x = _fc_branch(K, features["P5"], fc_filters, fc6_dilation, dropout, batch_norm, name)
     x = logits_head(K, x, num_classes, f"{name}_fc8")
-    outputs = upsample_bilinear(K, x, output_stride, f"{name}_upsample")
+    outputs = upsample_logits(K, x, output_stride, f"{name}_upsample")
     return K.Model(inputs, outputs, name=name)
 
 
@@ -132,7 +133,7 @@ def deeplabv2(num_classes, input_shape=(512, 512, 3), backbone="resnet50", outpu
             x = _fc_branch(K, features["P5"], branch_filters, rate, dropout, batch_norm, prefix)
             branches.append(logits_head(K, x, num_classes, f"{prefix}_logits"))
     x = K.layers.Add(dtype="float32", name=f"{name}_aspp_sum")(branches) if len(branches) > 1 else branches[0]
-    outputs = upsample_bilinear(K, x, output_stride, f"{name}_upsample")
+    outputs = upsample_logits(K, x, output_stride, f"{name}_upsample")
     return K.Model(inputs, outputs, name=name)
 
 
@@ -180,7 +181,7 @@ def deeplabv3(num_classes, input_shape=(512, 512, 3), backbone="resnet50", outpu
                               **(backbone_kwargs or {}))
     x = aspp(K, features["P5"], aspp_filters, ATROUS_RATES[output_stride], dropout, f"{name}_aspp")
     x = logits_head(K, x, num_classes, f"{name}_logits")
-    outputs = upsample_bilinear(K, x, output_stride, f"{name}_upsample")
+    outputs = upsample_logits(K, x, output_stride, f"{name}_upsample")
     return K.Model(inputs, outputs, name=name)
 
 

@@ -3,7 +3,8 @@ Semantic Image Segmentation", ECCV 2018, arXiv 1802.02611 (ASPP from DeepLabv3, 
 shared with ``kseg.models.deeplab``)."""
 
 from kseg.models.backbones import build_backbone
-from kseg.models.blocks import check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_bilinear
+from kseg.models.blocks import (check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_bilinear,
+                                upsample_logits)
 from kseg.models.deeplab import ATROUS_RATES, aspp
 from kseg.models.registry import register_model
 
@@ -61,5 +62,5 @@ def deeplabv3plus(num_classes, input_shape=(512, 512, 3), backbone="mobilenetv2"
     x = conv_bn_relu(K, x, decoder_filters, 3, f"{name}_decoder_conv1")
     x = conv_bn_relu(K, x, decoder_filters, 3, f"{name}_decoder_conv2")
     x = logits_head(K, x, num_classes, f"{name}_logits")
-    outputs = upsample_bilinear(K, x, 4, f"{name}_upsample")
+    outputs = upsample_logits(K, x, 4, f"{name}_upsample")
     return K.Model(inputs, outputs, name=name)

@@ -4,7 +4,7 @@ Segmentation", CVPR 2015, arXiv 1411.4038."""
 import numpy as np
 
 from kseg.models.backbones import build_backbone
-from kseg.models.blocks import check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_bilinear
+from kseg.models.blocks import check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_logits
 from kseg.models.registry import register_model
 
 
@@ -117,7 +117,7 @@ def _fcn(num_classes, input_shape, backbone, fc_filters, dropout, batch_norm, we
         score = K.layers.Conv2D(num_classes, 1, kernel_initializer="zeros", dtype="float32",
                                 name=f"{name}_score_p{level}")(features[f"P{level}"])
         x = K.layers.Add(dtype="float32", name=f"{name}_fuse_p{level}")([x, score])
-    outputs = upsample_bilinear(K, x, 32 // 2**skips, f"{name}_upsample")
+    outputs = upsample_logits(K, x, 32 // 2**skips, f"{name}_upsample")
     model = K.Model(inputs, outputs, name=name)
     for up in upscores:
         up.set_weights([bilinear_kernel(4, num_classes)])

@@ -3,7 +3,8 @@ arXiv 1901.02446, on the pyramid of Lin, Dollar, Girshick, He, Hariharan and Bel
 for Object Detection", CVPR 2017, arXiv 1612.03144."""
 
 from kseg.models.backbones import build_backbone
-from kseg.models.blocks import check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_bilinear
+from kseg.models.blocks import (check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_bilinear,
+                                upsample_logits)
 from kseg.models.registry import register_model
 
 LEVELS = (2, 3, 4, 5)
@@ -109,5 +110,5 @@ def fpn(num_classes, input_shape=(512, 512, 3), backbone="resnet50", pyramid_fil
         merged.append(x)
     x = K.layers.Add(name=f"{name}_head_sum")(merged)
     x = logits_head(K, x, num_classes, f"{name}_logits")
-    outputs = upsample_bilinear(K, x, 4, f"{name}_upsample")
+    outputs = upsample_logits(K, x, 4, f"{name}_upsample")
     return K.Model(inputs, outputs, name=name)

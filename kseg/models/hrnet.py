@@ -2,7 +2,8 @@
 Representation Learning for Visual Recognition", TPAMI 2020, arXiv 1908.07919; the backbone from Sun, Xiao, Liu and
 Wang, "Deep High-Resolution Representation Learning for Human Pose Estimation", CVPR 2019, arXiv 1902.09212."""
 
-from kseg.models.blocks import check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_bilinear
+from kseg.models.blocks import (check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_bilinear,
+                                upsample_logits)
 from kseg.models.registry import register_model
 
 _NUM_STAGES = 4
@@ -114,8 +115,7 @@ def hrnetv2(num_classes, input_shape=(512, 1024, 3), width=48, num_modules=(1, 1
     x = K.layers.Concatenate(name=f"{name}_head_concat")(upsampled)
     x = conv_bn_relu(K, x, sum(widths), 1, f"{name}_head_conv")
     x = logits_head(K, x, num_classes, f"{name}_logits")
-    # float32 like the logits: under a mixed_float16 policy blocks.upsample_bilinear would cast them back to float16
-    outputs = K.layers.UpSampling2D(size=4, interpolation="bilinear", dtype="float32", name=f"{name}_upsample")(x)
+    outputs = upsample_logits(K, x, 4, f"{name}_upsample")
     return K.Model(inputs, outputs, name=name)
 
 

@@ -3,7 +3,8 @@
 import math
 
 from kseg.models.backbones import build_backbone, feature_strides
-from kseg.models.blocks import check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_bilinear
+from kseg.models.blocks import (check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_bilinear,
+                                upsample_logits)
 from kseg.models.registry import register_model
 
 OUTPUT_STRIDES = (8, 16)
@@ -103,4 +104,4 @@ def _classifier(K, x, num_classes, filters, dropout, stride, prefix, output_pref
     if dropout:
         x = K.layers.Dropout(dropout, name=f"{prefix}_dropout")(x)
     x = logits_head(K, x, num_classes, f"{output_prefix}_logits")
-    return upsample_bilinear(K, x, stride, f"{output_prefix}_upsample")
+    return upsample_logits(K, x, stride, f"{output_prefix}_upsample")

@@ -66,4 +66,6 @@ def inference_model(model):
         import tf_keras as K
     else:
         import keras as K
-    return K.Model(model.inputs, model.outputs[0], name=model.name)
+    # model.input, not model.inputs: a one-element list would change the input structure, which clone_model
+    # (the exporter's static-batch copy) and reloading reject.
+    return K.Model(model.input, model.outputs[0], name=model.name)
