@@ -375,7 +375,8 @@ def test_deeplabv3plus_backbone_twin_and_tflite(backbone):
     ("deeplabv2", dict(input_shape=(64, 64, 3), branch_filters=0), "branch_filters"),
     ("deeplabv3", dict(input_shape=(40, 40, 3)), "divisible by 16"),
     ("deeplabv3", dict(input_shape=(64, 64, 3), output_stride=4), "output_stride"),
-    ("pspnet", dict(input_shape=(64, 64, 3)), "divisible by 48"),
+    ("pspnet", dict(input_shape=(36, 36, 3)), "divisible by 8"),
+    ("pspnet", dict(input_shape=(40, 40, 3)), "at least 48x48"),
     ("pspnet", dict(input_shape=(96, 96, 3), bins=(1, 2, 2)), "bins"),
     ("pspnet", dict(input_shape=(96, 96, 3), output_stride=32), "output_stride"),
     ("pspnet", dict(input_shape=(96, 96, 3), head_filters=0), "head_filters"),
@@ -510,6 +511,18 @@ def test_pspnet_pyramid_and_aux_head(aux_head):
     twin = build_twin("pspnet", **dict(config, aux_head=True))
     assert len(twin.outputs) == 2 and sorted(layer.name for layer in twin.layers) == sorted(
         layer.name for layer in model.layers)
+
+
+def test_pspnet_bins_that_do_not_divide_the_map():
+    """64x64 input: stride-8 maps of 8x8, where bins 3 and 6 take Caffe's ceil/floor windows and a resize back;
+    still b x b cells, and TFLite agrees with Keras."""
+    config = dict(SMALL_CONFIGS["pspnet"], bins=(1, 2, 3, 6))
+    model = kseg.create_model("pspnet", **config)
+    for b in (1, 2, 3, 6):
+        assert model.get_layer(f"pspnet_ppm{b}_pool").output.shape[1:3] == (b, b)
+        assert model.get_layer(f"pspnet_ppm{b}_upsample").output.shape[1:3] == (8, 8)
+    assert type(model.get_layer("pspnet_ppm3_upsample")).__name__ == "Resizing"
+    run_tflite_test(model)
 
 
 def test_fpn_pyramid_and_semantic_head():

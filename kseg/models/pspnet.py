@@ -1,7 +1,5 @@
 """PSPNet: Zhao, Shi, Qi, Wang and Jia, "Pyramid Scene Parsing Network", CVPR 2017, arXiv 1612.01105."""
 
-import math
-
 from kseg.models.backbones import build_backbone, feature_strides
 from kseg.models.blocks import (check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_bilinear,
                                 upsample_logits)
@@ -29,16 +27,20 @@ def pspnet(num_classes, input_shape=(480, 480, 3), backbone="resnet50", output_s
     ``{name}_aux_*``, so a deploy model is ``keras.Model(model.input, model.outputs[0])``. The paper weighted its
     loss 0.4.
 
-    Deviations from the paper: pooled cells are exact (H and W divisible by ``output_stride * lcm(bins)``, e.g.
-    480 = 8 * 6 * 10) because the bins are fixed ``AveragePooling2D`` windows and the upsampling an integer-factor
-    ``UpSampling2D`` (a TFLite RESIZE_BILINEAR); the paper's 473 x 473 crops (stride-8 maps of 60 x 60 with
-    align-corners resizing, and Caffe's ceil-mode pooling for bins that do not divide) have no exact equivalent
-    here. ResNet50 from ``keras.applications`` (the paper: ResNet-50/101 with a three-conv deep stem).
+    Bins that divide the feature map (H and W divisible by ``output_stride * lcm(bins)``, e.g. 480 = 8 * 6 * 10)
+    pool exact cells and upsample by an integer-factor ``UpSampling2D`` (the TFLite RESIZE_BILINEAR that
+    quantization-aware training supports). Other bins (e.g. 3 and 6 on the 64 x 64 map of a 512 x 512 input) use
+    b slightly overlapping windows every floor(size / b) cells that together cover the map (like the
+    ceil-size windows of the paper's Caffe code, which can leave the last cells out), then a ``Resizing`` back (also RESIZE_BILINEAR in TFLite, but it needs a QAT config of its own).
+
+    Deviations from the paper: its 473 x 473 crops give stride-8 maps of 60 x 60 with align-corners resizing, which
+    has no exact equivalent here. ResNet50 from ``keras.applications`` (the paper: ResNet-50/101 with a three-conv
+    deep stem).
 
     Args:
         num_classes: number of output channels (logits).
-        input_shape: static ``(H, W, 3)``, raw RGB in [0, 255]; H and W divisible by ``output_stride * lcm(bins)``
-            (48 for the defaults).
+        input_shape: static ``(H, W, 3)``, raw RGB in [0, 255]; H and W divisible by ``output_stride`` and at
+            least ``output_stride * max(bins)``; exact bins when divisible by ``output_stride * lcm(bins)``.
         backbone: ``"resnet50"`` (the paper) or any name from ``list_backbones()``.
         output_stride: 8 (the paper) or 16.
         bins: the pyramid's bin counts per side.
@@ -72,9 +74,11 @@ def pspnet(num_classes, input_shape=(480, 480, 3), backbone="resnet50", output_s
             raise ValueError(f"{arg} must be a positive integer, got {value!r}")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    cells = math.lcm(*bins)
-    check_input_shape(input_shape, output_stride * cells,
-                      f"output_stride={output_stride} times {cells}, so that every pyramid bin pools whole cells")
+    check_input_shape(input_shape, output_stride, f"output_stride={output_stride}")
+    if min(input_shape[:2]) < output_stride * max(bins):
+        raise ValueError(f"input_shape {tuple(input_shape)}: the stride-{output_stride} features must be at least "
+                         f"{max(bins)} cells a side for bins {tuple(bins)}; use at least "
+                         f"{output_stride * max(bins)}x{output_stride * max(bins)}")
 
     inputs = K.Input(input_shape, name=f"{name}_image")
     features = build_backbone(backbone, inputs, weights=weights, output_stride=output_stride, keras_module=K,
@@ -84,10 +88,20 @@ def pspnet(num_classes, input_shape=(480, 480, 3), backbone="resnet50", output_s
     filters = pool_filters or max(1, channels // len(bins))
     branches = [x]
     for b in bins:
-        cell = (height // b, width // b)
-        y = K.layers.AveragePooling2D(cell, strides=cell, name=f"{name}_ppm{b}_pool")(x)
-        y = conv_bn_relu(K, y, filters, 1, f"{name}_ppm{b}_conv")
-        branches.append(upsample_bilinear(K, y, cell, f"{name}_ppm{b}_upsample"))
+        if height % b or width % b:
+            # b windows every floor(size / b) cells, just wide enough that the last one ends at the border;
+            # back to size by a resize of a fractional factor.
+            stride = (height // b, width // b)
+            pool = (height - (b - 1) * stride[0], width - (b - 1) * stride[1])
+            y = K.layers.AveragePooling2D(pool, strides=stride, name=f"{name}_ppm{b}_pool")(x)
+            y = conv_bn_relu(K, y, filters, 1, f"{name}_ppm{b}_conv")
+            y = K.layers.Resizing(height, width, interpolation="bilinear", name=f"{name}_ppm{b}_upsample")(y)
+        else:
+            cell = (height // b, width // b)
+            y = K.layers.AveragePooling2D(cell, strides=cell, name=f"{name}_ppm{b}_pool")(x)
+            y = conv_bn_relu(K, y, filters, 1, f"{name}_ppm{b}_conv")
+            y = upsample_bilinear(K, y, cell, f"{name}_ppm{b}_upsample")
+        branches.append(y)
     x = K.layers.Concatenate(name=f"{name}_ppm_concat")(branches)
     outputs = _classifier(K, x, num_classes, head_filters, dropout, output_stride, f"{name}_head", name)
     if not aux_head:
