@@ -569,15 +569,10 @@ def test_fpn_pyramid_and_semantic_head():
 # --- full size ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_unet_full_size():
-    model = kseg.create_model("unet", num_classes=2, input_shape=(512, 512, 3))
-    run_output_shape_test(model, 2)
-    run_tflite_test(model)
-
-
-@pytest.mark.slow
-def test_deeplabv3plus_mobilenetv2_full_size():
-    model = kseg.create_model("deeplabv3plus", num_classes=21, input_shape=(512, 512, 3))
-    run_output_shape_test(model, 21)
+@pytest.mark.parametrize("name", MODELS)
+def test_full_size(name):
+    """Every model at its builder's default (paper) input size and widths: output and float32 TFLite."""
+    model = kseg.create_model(name, num_classes=3)
+    run_output_shape_test(model, 3)
     err, ops = run_tflite_test(model)
-    print(f"deeplabv3plus 512: tflite max abs err {err:.2e}, ops {dict(ops)}")
+    print(f"{name} at {model.inputs[0].shape[1:-1]}: tflite max abs err {err:.2e}, ops {dict(ops)}")

@@ -143,6 +143,8 @@ def train(cfg, verbose=1, callbacks=()):
             elif len(model.outputs) > 1:  # validate and save the inference view, without the auxiliary head
                 deploy = inference_model(model)
                 _compile(deploy, cfg, "sgd")
+        if len(model.outputs) > 1:  # every auxiliary head learns the same labels
+            train_ds = train_ds.map(lambda x, y: (x, (y,) * len(model.outputs)))
         adapt_model(model, strategy)
         state = RunState(total_steps=planned)
         backup = Backup(os.path.join(run_dir, "backup"), state, t["checkpoint_every_steps"],
