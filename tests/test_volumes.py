@@ -319,8 +319,7 @@ def test_kseg_train_on_volumes(tmp_path, volumes):
     path = tmp_path / "vnet.yaml"
     data = nifti_cfg(root, crop_size=[8, 8, 8], augment={"hflip": True, "rot90": True, "intensity_scale": 0.1})
     path.write_text(yaml.safe_dump({
-        "model": {"name": "vnet", "base_filters": 2, "depth": 2, "kernel_size": 3, "scale": 0.01,
-                  "input_shape": [None, None, None, 1]},
+        "model": {"name": "vnet", "base_filters": 2, "depth": 2, "kernel_size": 3, "scale": 0.01},
         "data": data, "loss": {"dice": 1.0},
         "train": {"epochs": 1, "batch_size": 2, "steps_per_epoch": 2}, "output": {"dir": str(tmp_path / "run")}}))
     cfg = load_config(path)
@@ -331,3 +330,15 @@ def test_kseg_train_on_volumes(tmp_path, volumes):
     assert tuple(model.input.shape) == (None, *SHAPE, 1)
     cm = evaluate_model(model, build_dataset(cfg["data"], "val", 1), 3)
     assert cm.mean_iou() == pytest.approx(result["best_miou"], abs=1e-6)
+
+
+def test_model_input_channels_must_agree_with_the_data(tmp_path, volumes):
+    from kseg.errors import ConfigError
+    from kseg.train import train
+
+    root, _ = volumes
+    path = tmp_path / "vnet.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name": "vnet", "input_shape": [None, None, None, 2]},
+                                    "data": nifti_cfg(root), "output": {"dir": str(tmp_path / "run")}}))
+    with pytest.raises(ConfigError, match="2 channels but data.channels is 1"):
+        train(load_config(path), verbose=0)

@@ -92,21 +92,9 @@ def build_dataset(data_cfg, split, batch_size, augment=False, shuffle=None, repe
     def decode(image_path, mask_path):
         return load_sample(cfg, image_path.decode(), mask_path.decode())
 
-    def tf_decode(paths):
-        image, label = tf.numpy_function(decode, [paths[0], paths[1]], [tf.uint8, tf.int32], stateful=False)
-        return tf.ensure_shape(image, (height, width, 3)), tf.ensure_shape(label, (height, width))
-
-    ds = tf.data.Dataset.from_tensor_slices(np.array(samples, dtype=str))
-    if cfg["cache"]:
-        # Before shuffle and augmentation, so that every epoch reshuffles and re-augments; uint8 keeps the
-        # cache 4x smaller than float32.
-        ds = ds.map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
-    if shuffle:
-        ds = ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    if not cfg["cache"]:
-        ds = ds.map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    # uint8 keeps the cache 4x smaller than float32
+    ds = decoded_samples(samples, decode, (tf.uint8, (height, width, 3)), (height, width), cfg["cache"], shuffle,
+                         repeat, seed)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     augmenter = batch_augmenter(cfg["augment"], cfg["ignore_index"], seed) if augment else None
 
@@ -133,6 +121,34 @@ def build_dataset(data_cfg, split, batch_size, augment=False, shuffle=None, repe
         ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=seed))
         ds = ds.map(tf_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def decoded_samples(samples, decode, image_spec, label_shape, cache, shuffle, repeat, seed):
+    """The dataset of decoded ``(image, label)`` pairs, one per ``(image path, label path)`` of ``samples``.
+
+    ``decode(image_path: bytes, label_path: bytes) -> (image, int32 label)`` runs in parallel through
+    ``tf.numpy_function``; ``image_spec`` is ``(dtype, static shape)`` of its image. With ``cache`` the pairs are
+    decoded once and kept in memory, before shuffling (and the caller's augmentation), so that every epoch
+    reshuffles and re-augments; without it only the file list is held.
+    """
+    import tensorflow as tf
+
+    dtype, image_shape = image_spec
+
+    def tf_decode(paths):
+        image, label = tf.numpy_function(decode, [paths[0], paths[1]], [dtype, tf.int32], stateful=False)
+        return tf.ensure_shape(image, image_shape), tf.ensure_shape(label, label_shape)
+
+    ds = tf.data.Dataset.from_tensor_slices(np.array(samples, dtype=str))
+    if cache:
+        ds = ds.map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    if shuffle:
+        ds = ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    if not cache:
+        ds = ds.map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None or not shuffle)
+    return ds
 
 
 def reraise_data_error(exc):

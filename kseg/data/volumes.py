@@ -231,6 +231,8 @@ def build_volume_dataset(cfg, samples, batch_size, augment=False, shuffle=False,
     """
     import tensorflow as tf
 
+    from kseg.data.pipeline import decoded_samples  # pipeline imports this module
+
     size = tuple(cfg["volume_size"])
     channels = cfg["channels"]
     deterministic = seed is not None or not shuffle
@@ -238,20 +240,9 @@ def build_volume_dataset(cfg, samples, batch_size, augment=False, shuffle=False,
     def decode(image_path, label_path):
         return load_volume(cfg, image_path.decode(), label_path.decode())
 
-    def tf_decode(paths):
-        image, label = tf.numpy_function(decode, [paths[0], paths[1]], [tf.float32, tf.int32], stateful=False)
-        return tf.ensure_shape(image, size + (channels,)), tf.ensure_shape(label, size)
-
-    ds = tf.data.Dataset.from_tensor_slices(np.array(samples, dtype=str))
-    if cfg["cache"]:
-        # Decoded and resampled once (float32: raw intensities are not 8-bit); shuffled and augmented anew.
-        ds = ds.map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
-    if shuffle:
-        ds = ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    if not cfg["cache"]:
-        ds = ds.map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    # float32: raw intensities are not 8-bit
+    ds = decoded_samples(samples, decode, (tf.float32, size + (channels,)), size, cfg["cache"], shuffle, repeat,
+                         seed)
     spec, crop = cfg["augment"], cfg["crop_size"]
     if augment and (crop is not None or any(spec.values())):
         out = tuple(crop or size)

@@ -45,7 +45,12 @@ def _build_model(cfg, schedule, size):
 
     data = cfg["data"]
     kwargs = {k: v for k, v in cfg["model"].items() if k not in ("name", "aux_weight")}
-    channels = kwargs.pop("input_shape", (None, None, 3))[-1]
+    shape = kwargs.pop("input_shape", None)
+    # data.channels (volumes: modalities) decides; else model.input_shape's last entry; else RGB
+    channels = data.get("channels") or (shape[-1] if shape and shape[-1] else 3)
+    if shape and shape[-1] and shape[-1] != channels:
+        raise ConfigError(f"model.input_shape has {shape[-1]} channels but data.channels is {channels}; "
+                          "remove model.input_shape (the data decides)")
     aux_weight = float(cfg["model"].get("aux_weight", 0))
     if aux_weight and schedule is not None:
         kwargs["aux_head"] = True
