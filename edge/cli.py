@@ -64,6 +64,12 @@ def _parser():
         s.add_argument("--edgetpu", action="store_true", help="use a Coral EdgeTPU when one is attached")
         s.add_argument("--letterbox", action="store_true", help="keep the aspect ratio (pad) instead of stretching")
         s.add_argument("--labels", help="class names, one a line (overrides the model's metadata)")
+        s.add_argument("--normalization", type=_normalization,
+                       help="input pixels: raw ([0, 255], the kseg contract), unit ([0, 1]) or MEAN/STD with three "
+                            "comma-separated values each, e.g. 123.7,116.3,103.5/58.4,57.1,57.4 (overrides the "
+                            "model's metadata; for models exported elsewhere)")
+        s.add_argument("--output-kind", choices=("logits", "probabilities"),
+                       help="what the model outputs (overrides the metadata; one channel: threshold 0 or 0.5)")
 
     run = sub.add_parser("run", help="segment a camera, stream, video or image folder")
     model_args(run)
@@ -97,9 +103,23 @@ def _size(text):
     return w, h
 
 
+def _normalization(text):
+    if text in ("raw", "unit"):
+        return text
+    try:
+        mean, std = ([float(v) for v in part.split(",")] for part in text.split("/"))
+    except ValueError:
+        mean = std = None
+    if mean is None or len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise argparse.ArgumentTypeError(f"normalization must be raw, unit or MEAN/STD with three values each "
+                                         f"(std > 0), got {text!r}")
+    return {"mean": mean, "std": std}
+
+
 def _segmenter(args, threads, smoothing=0.0):
     return Segmenter(args.model, num_threads=threads, edgetpu=args.edgetpu,
-                     resize="letterbox" if args.letterbox else "stretch", labels=args.labels, smoothing=smoothing)
+                     resize="letterbox" if args.letterbox else "stretch", labels=args.labels, smoothing=smoothing,
+                     normalization=args.normalization, output_kind=args.output_kind)
 
 
 def render(image, mask, mode, palette, alpha):

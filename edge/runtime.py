@@ -74,9 +74,13 @@ class Segmenter:
         labels: class names (a list, or a text file with one name a line).
         smoothing: EMA weight of the previous frames' scores in [0, 1); 0 turns temporal smoothing off. Smoothing the
             raw quantized scores gives the same argmax as smoothing dequantized ones (the map is affine).
+        normalization: how pixels in [0, 255] become the model's input (see ``read_metadata``); overrides the
+            metadata, for models exported elsewhere (a MediaPipe model takes ``"unit"``).
+        output_kind: ``"logits"`` or ``"probabilities"``; overrides the metadata.
     """
 
-    def __init__(self, model_path, num_threads=None, edgetpu=False, resize="stretch", labels=None, smoothing=0.0):
+    def __init__(self, model_path, num_threads=None, edgetpu=False, resize="stretch", labels=None, smoothing=0.0,
+                 normalization=None, output_kind=None):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         if not 0.0 <= smoothing < 1.0:
@@ -99,10 +103,11 @@ class Segmenter:
         self.smoothing = smoothing
         self.labels = _labels(labels if labels is not None else meta.get("labels"), self.num_classes)
         self.palette = np.asarray(meta["palette"], np.uint8) if "palette" in meta else viz.palette(len(self.labels))
-        self._offset, self._scale = _normalization(meta.get("normalization", "raw"), model_path)
-        output_kind = meta.get("output_kind", "logits")
+        self._offset, self._scale = _normalization(
+            normalization if normalization is not None else meta.get("normalization", "raw"), model_path)
+        output_kind = output_kind if output_kind is not None else meta.get("output_kind", "logits")
         if output_kind not in OUTPUT_KINDS:
-            raise ModelFileError(f"{model_path}.json: output_kind must be one of {OUTPUT_KINDS}, got {output_kind!r}")
+            raise ModelFileError(f"{model_path}: output_kind must be one of {OUTPUT_KINDS}, got {output_kind!r}")
         self._threshold = self._raw_threshold(0.5 if output_kind == "probabilities" else 0.0)
         self._ema = None
 
@@ -224,5 +229,5 @@ def _normalization(spec, model_path):
         return np.float32(0.0), np.float32(255.0)
     if isinstance(spec, dict) and {"mean", "std"} <= spec.keys():
         return np.asarray(spec["mean"], np.float32), np.asarray(spec["std"], np.float32)
-    raise ModelFileError(f"{model_path}.json: normalization must be {NORMALIZATIONS} or {{'mean', 'std'}}, "
+    raise ModelFileError(f"{model_path}: normalization must be {NORMALIZATIONS} or {{'mean', 'std'}}, "
                          f"got {spec!r}")

@@ -3,6 +3,7 @@ sources survive disconnects and broken files, and nothing pulls in TensorFlow.""
 
 import json
 import logging
+import os
 import pathlib
 import re
 import shutil
@@ -177,6 +178,24 @@ def test_sidecar_metadata_and_overrides(models, tmp_path):
         Segmenter(path)
     with pytest.raises(ModelFileError, match="2 labels"):
         Segmenter(models["float32"], labels=["a", "b"])
+
+
+def test_flags_stand_in_for_missing_metadata(models, video, tmp_path, capsys):
+    """A model exported elsewhere has no metadata: the flags say how to feed it and read it."""
+    mean, std = [120.0, 110.0, 100.0], [60.0, 50.0, 40.0]
+    x, _ = Segmenter(models["float32"], normalization={"mean": mean, "std": std}).preprocess(scene(5))
+    raw, _ = Segmenter(models["float32"]).preprocess(scene(5))
+    np.testing.assert_allclose(x, (raw - np.float32(mean)) / np.float32(std), rtol=1e-6)
+    assert Segmenter(models["float32"], output_kind="probabilities")._threshold == 0.5
+    with pytest.raises(ModelFileError, match="output_kind"):
+        Segmenter(models["float32"], output_kind="scores")
+    out = str(tmp_path / "views")
+    argv = ["run", models["float32"], "--source", video, "--out", out, "--headless", "--max-frames", "2",
+            "--normalization", "120,110,100/60,50,40", "--output-kind", "logits"]
+    assert cli.main(argv) == 0 and len(os.listdir(out)) == 2
+    with pytest.raises(SystemExit):
+        cli.main(argv[:-4] + ["--normalization", "1,2/3,4"])
+    assert "MEAN/STD" in capsys.readouterr().err
 
 
 def test_cli_run_writes_every_frame_of_a_video(models, video, tmp_path, capsys):
