@@ -4,7 +4,7 @@ Usage:
     kseg-edge run MODEL.tflite --source 0|video.mp4|rtsp://..|folder [--out out.mp4|outdir] [--headless]
                   [--threads N] [--edgetpu] [--alpha A] [--letterbox] [--mode overlay|mask|side] [--smooth S]
                   [--labels FILE] [--realtime] [--max-frames N]
-    kseg-edge bench MODEL.tflite [--threads 1 2] [--frames N] [--size 640x480]
+    kseg-edge bench MODEL.tflite [--threads 1 2] [--frames N] [--size 640x480 1280x720]
 
 Live sources (cameras, streams) hand over the newest frame only; files are processed frame by frame
 (``--realtime`` plays them at their frame rate and drops what inference cannot keep up with). Errors a user can
@@ -14,6 +14,7 @@ Keys in the window: ``m`` next view (overlay / mask / side by side), ``s`` save 
 """
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -24,7 +25,7 @@ import numpy as np
 
 from edge.pipeline import Pipeline, latency_ms
 from edge.runtime import Segmenter
-from edge.sources import GeneratedSource, open_source
+from edge.sources import CaptureSource, Channel, open_source, start_stage
 from kseg import viz
 from kseg.errors import KsegError
 
@@ -90,7 +91,8 @@ def _parser():
     model_args(bench)
     bench.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts to compare")
     bench.add_argument("--frames", type=int, default=200, help="frames per measurement (default 200)")
-    bench.add_argument("--size", type=_size, default=(640, 480), help="generated frame size WxH (default 640x480)")
+    bench.add_argument("--size", type=_size, nargs="+", default=[(640, 480)],
+                       help="generated frame sizes WxH (default 640x480)")
     bench.set_defaults(func=_bench)
     return p
 
@@ -139,7 +141,12 @@ def draw_text(image, text):
 
 
 class Sink:
-    """Writes views to a video (created at the first frame, with its size) or to ``folder/NAME.png``."""
+    """Writes views to a video (created at the first frame, with its size) or to ``folder/NAME.png``.
+
+    Encoding runs in its own thread (a frame costs as much to encode as a small model takes to run), behind a
+    two-frame queue: a writer that falls behind slows the loop down instead of filling the memory. A write error
+    is raised by the next ``write`` or by ``close``.
+    """
 
     def __init__(self, path, fps):
         self.path, self.fps, self._video = path, fps, None
@@ -149,8 +156,31 @@ class Sink:
             os.makedirs(folder, exist_ok=True)
         except OSError as e:
             raise OutputError(f"cannot create output folder {folder}: {e.strerror}") from None
+        self._queue, self._status = Channel(keep_all=True), Channel()
+        self._thread = start_stage("kseg-write", self._drain, None, self._status)
 
     def write(self, name, view):
+        """Queue ``view`` (not to be modified afterwards) for writing as ``name``."""
+        if not self._queue.put((name, view)):
+            self.close()
+
+    def close(self):
+        """Write what is queued, release the video; raises the writer's error, if any."""
+        self._queue.close()
+        self._thread.join()
+        if self._video is not None:
+            self._video.release()
+            self._video = None
+        self._status.get()
+
+    def _drain(self, status):
+        try:
+            while (item := self._queue.get()) is not None:
+                self._write(*item)
+        finally:
+            self._queue.close()  # a failed writer must not leave the loop blocked on a full queue
+
+    def _write(self, name, view):
         if self.fourcc is None:
             if not cv2.imwrite(os.path.join(self.path, f"{name}.png"), view):
                 raise OutputError(f"cannot write {os.path.join(self.path, name)}.png")
@@ -163,10 +193,6 @@ class Sink:
         if (view.shape[1], view.shape[0]) != self._size:  # the view mode changed mid-video; a video has one size
             view = cv2.resize(view, self._size, interpolation=cv2.INTER_AREA)
         self._video.write(view)
-
-    def close(self):
-        if self._video is not None:
-            self._video.release()
 
 
 class Meter:
@@ -251,44 +277,99 @@ def _show(view):
 
 
 def _bench(args):
-    w, h = args.size
-    rng = np.random.default_rng(0)
-    # Smooth random scenes rather than pure noise: closer to what resize and the model see from a camera.
-    scenes = [cv2.resize(rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8), (w, h))
-              for _ in range(8)]
-    print(f"model {args.model}  frame {w}x{h}  {args.frames} frames per row")
-    print(f"{'threads':>7}  {'stage':<9}{'p50 ms':>8}{'p90 ms':>8}{'FPS':>9}")
-    for threads in args.threads:
-        segmenter = _segmenter(args, threads)
-        x, _ = segmenter.preprocess(scenes[0])
-        segmenter.interpreter.set_tensor(segmenter.input_details["index"], x)
-        times = []
-        for i in range(args.frames + 5):  # the first invokes allocate and warm caches
-            t = time.perf_counter()
-            segmenter.interpreter.invoke()
-            times.append(1e3 * (time.perf_counter() - t))
-        _row(threads, "invoke", times[5:], 1e3 / np.mean(times[5:]))
+    """Per frame size and thread count: bare invoke, a plain sequential OpenCV loop (the peer), the threaded
+    pipeline exactly as ``run --headless --out`` drives it (decode, pre-process, invoke, post-process, overlay,
+    write) and the same fed live (frames paced at 30 FPS, latest only) for capture-to-output latency."""
+    import resource
+    import tempfile
 
-        source = GeneratedSource(lambda i: scenes[i % len(scenes)].copy(), count=args.frames)  # copy: as a capture
-        latencies, stages = [], {"pre": [], "post": [], "overlay": []}
-        start = time.perf_counter()
-        with Pipeline(source, segmenter, keep_all=True) as pipe:
-            for out in pipe:
-                t = time.perf_counter()
-                render(out.frame.image, out.result.mask, "overlay", segmenter.palette, 0.5)
-                stages["overlay"].append(1e3 * (time.perf_counter() - t))
-                stages["pre"].append(out.result.timings["pre"])
-                stages["post"].append(out.result.timings["post"])
-                latencies.append(latency_ms(out))
-        wall = time.perf_counter() - start
-        _row(threads, "pipeline", latencies, len(latencies) / wall,
-             "  (capture to overlay, every frame; p50 " + ", ".join(
-                 f"{k} {np.percentile(v, 50):.2f}" for k, v in stages.items()) + " ms)")
+    print(f"model {args.model}  {args.frames} frames per row; ratio = FPS / bare invoke FPS; latency = capture to "
+          "written view (live: also in intervals of its output frame rate)")
+    print(f"{'frame':>9} {'threads':>7}  {'stage':<11}{'p50 ms':>8}{'p90 ms':>8}{'FPS':>8}{'ratio':>7}")
+    for w, h in args.size:
+        with tempfile.TemporaryDirectory() as tmp:
+            video = write_bench_video(os.path.join(tmp, "bench.avi"), (w, h), args.frames)
+            for threads in args.threads:
+                segmenter = _segmenter(args, threads)
+                row = functools.partial(_row, f"{w}x{h}", threads)
+                times = _invoke_times(segmenter, video, args.frames)
+                invoke_fps = 1e3 / np.mean(times)
+                row("invoke", times, invoke_fps, invoke_fps)
+                fps, lat = _sequential(segmenter, video, os.path.join(tmp, "seq.avi"))
+                row("sequential", lat, fps, invoke_fps)
+                for live in (False, True):
+                    fps, lat, dropped = _threaded(segmenter, video, os.path.join(tmp, "out.avi"), live)
+                    note = (f"  latency p50 {np.percentile(lat, 50) * fps / 1e3:.2f} / p90 "
+                            f"{np.percentile(lat, 90) * fps / 1e3:.2f} intervals, {dropped} dropped") if live else ""
+                    row("live" if live else "pipeline", lat, fps, invoke_fps, note)
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0
 
 
-def _row(threads, stage, times, fps, note=""):
-    print(f"{threads:>7}  {stage:<9}{np.percentile(times, 50):>8.2f}{np.percentile(times, 90):>8.2f}{fps:>9.1f}{note}")
+def write_bench_video(path, size, frames, fps=30.0):
+    """A ``frames``-long MJPG video of smooth random scenes with a moving bright disc (decoding it is the capture
+    stage of the benchmark)."""
+    w, h = size
+    rng = np.random.default_rng(0)
+    scenes = [cv2.resize(rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8), (w, h))
+              for _ in range(4)]
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    for i in range(frames):
+        frame = scenes[i % len(scenes)].copy()
+        cv2.circle(frame, ((i * 7) % w, h // 2), h // 6, (255, 255, 255), -1)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def _invoke_times(segmenter, video, frames):
+    cap = cv2.VideoCapture(video)
+    _, image = cap.read()
+    cap.release()
+    x, _ = segmenter.preprocess(image)
+    segmenter.interpreter.set_tensor(segmenter.input_details["index"], x)
+    times = []
+    for _ in range(frames + 5):  # the first invokes allocate and warm caches
+        t = time.perf_counter()
+        segmenter.interpreter.invoke()
+        times.append(1e3 * (time.perf_counter() - t))
+    return times[5:]
+
+
+def _sequential(segmenter, video, out):
+    """The peer: one loop doing every stage in turn, as a plain OpenCV script would."""
+    cap, writer, latencies = cv2.VideoCapture(video), None, []
+    start = time.perf_counter()
+    while True:
+        t = time.perf_counter()
+        ok, image = cap.read()
+        if not ok:
+            break
+        view = render(image, segmenter.segment(image).mask, "overlay", segmenter.palette, 0.5)
+        if writer is None:
+            writer = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (view.shape[1], view.shape[0]))
+        writer.write(view)
+        latencies.append(1e3 * (time.perf_counter() - t))
+    wall = time.perf_counter() - start
+    cap.release()
+    writer.release()
+    return len(latencies) / wall, latencies
+
+
+def _threaded(segmenter, video, out, live):
+    """What ``run --headless --out`` does; ``live`` paces the file at its frame rate, latest frame only."""
+    opts = argparse.Namespace(mode="overlay", alpha=0.5, headless=True, max_frames=None)
+    sink, meter = Sink(out, 30.0), Meter()
+    with Pipeline(CaptureSource(video, live=False), segmenter, keep_all=not live, pace=live) as pipe:
+        _loop(pipe, segmenter, sink, meter, opts)
+        dropped = pipe.dropped
+    sink.close()
+    return len(meter.latencies) / (time.perf_counter() - meter.start), meter.latencies, dropped
+
+
+def _row(frame, threads, stage, times, fps, invoke_fps, note=""):
+    print(f"{frame:>9} {threads:>7}  {stage:<11}{np.percentile(times, 50):>8.2f}{np.percentile(times, 90):>8.2f}"
+          f"{fps:>8.1f}{fps / invoke_fps:>7.3f}{note}")
 
 
 if __name__ == "__main__":
