@@ -140,8 +140,12 @@ def batch_augmenter(spec, ignore_index, seed=None):
             images = data["images"]
             shifted = tf.cast(tf.round(data["segmentation_masks"][..., 0]), tf.int32)
             labels = tf.where(shifted == 0, ignore_index, shifted - 1)
-        for layer in colour:
-            images = layer(images, training=True)
+        if colour:
+            # Colour jitter is for colour: extra channels (depth, HHA) keep their values.
+            rgb, extra = images[..., :3], images[..., 3:]
+            for layer in colour:
+                rgb = layer(rgb, training=True)
+            images = tf.concat([rgb, extra], axis=-1) if images.shape[-1] != 3 else rgb
         return images, labels
 
     return augment

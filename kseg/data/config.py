@@ -10,12 +10,14 @@ from kseg.errors import ConfigError
 
 _KEYS = ("format", "root", "num_classes", "image_size", "ignore_index", "splits", "augment", "resize",
          "image_dir", "mask_dir", "palette", "class_names", "synthetic", "crop_size", "crop_pad", "cache",
-         "volume_size", "channels", "spacing")
+         "volume_size", "channels", "spacing", "depth", "max_depth", "voxel_size")
 _AUGMENT_KEYS = ("hflip", "vflip", "rotate", "scale", "translate", "brightness", "contrast", "elastic", "fill")
 # Volume formats (nifti): their own keys and augmentations (kseg.data.volumes).
 _VOLUME_KEYS = ("volume_size", "channels", "spacing")
 _VOLUME_AUGMENT_KEYS = ("hflip", "vflip", "dflip", "rot90", "rotate", "intensity_scale", "intensity_shift")
 _SYNTHETIC_MAX_CLASSES = 8
+# RGB-D formats: depth as extra input channels (kseg.data.depth)
+_DEPTH_CHANNELS = {"none": 3, "raw": 4, "hha": 6}
 
 
 def validate_data_config(cfg, base_dir=None):
@@ -41,13 +43,17 @@ def validate_data_config(cfg, base_dir=None):
     fmt = get_format(_require(cfg, "format", str))
     cfg["root"] = str(fmt.locate(_resolve_root(_require(cfg, "root", (str, os.PathLike)), base_dir,
                                                fmt.root_must_exist)))
+    _depth(cfg, fmt)
     if fmt.volumetric:
-        _volume(cfg)
+        _volume(cfg, fmt)
     else:
         for key in _VOLUME_KEYS:
-            if key in cfg:
-                raise ConfigError(f"data.{key} is for volume formats (nifti) only; format '{fmt.name}' has images")
+            # channels is derived for images; a validated config carries it and may be validated again
+            if key in cfg and not (key == "channels" and cfg[key] == fmt.channels(cfg)):
+                raise ConfigError(f"data.{key} is for volume formats (nifti) only; format '{fmt.name}' has images"
+                                  + ("; RGB-D formats take data.depth: none | raw | hha" if key == "channels" else ""))
         cfg["image_size"] = _size(_require(cfg, "image_size", (int, list, tuple)), "data.image_size")
+        cfg["channels"] = fmt.channels(cfg)
     cfg["num_classes"] = _num_classes(cfg, fmt)
     cfg["ignore_index"] = _int(cfg.get("ignore_index", 255), "data.ignore_index")
     if 0 <= cfg["ignore_index"] < cfg["num_classes"]:
@@ -127,9 +133,36 @@ def _size(value, name, n=2):
     return list(size)
 
 
-def _volume(cfg):
+def _depth(cfg, fmt):
+    """``depth`` (none | raw | hha, = raw) and ``max_depth`` (metres, = 10) of RGB-D formats."""
+    if not fmt.rgbd:
+        for key in ("depth", "max_depth"):
+            if key in cfg:
+                raise ConfigError(f"data.{key} is for RGB-D formats only; format '{fmt.name}' has no depth")
+        return
+    cfg["depth"] = _choice(cfg.get("depth", "raw"), tuple(_DEPTH_CHANNELS), "data.depth")
+    cfg["max_depth"] = _number(cfg.get("max_depth", 10.0), "data.max_depth (metres)", 0.1, 1000)
+
+
+def depth_channels(depth):
+    """Input channels for a ``data.depth`` setting: RGB 3, RGB + raw depth 4, RGB + HHA 6."""
+    return _DEPTH_CHANNELS[depth]
+
+
+def _volume(cfg, fmt):
     """``volume_size`` [D, H, W] (required; ``image_size`` becomes the same, for the trainer), ``channels``
-    (= 1) and ``spacing`` (= null: no resampling to a voxel size first)."""
+    (= 1) and ``spacing`` (= null: no resampling to a voxel size first); point-cloud formats take
+    ``voxel_size`` (metres or the cloud's units, required) instead of ``spacing`` and have one channel
+    (occupancy)."""
+    if fmt.points:
+        if cfg.get("spacing") is not None:
+            raise ConfigError(f"data.spacing is for NIfTI volumes; format '{fmt.name}' voxelises point clouds "
+                              f"at data.voxel_size")
+        cfg["voxel_size"] = _number(_require(cfg, "voxel_size", (int, float)), "data.voxel_size", 1e-6, 1e6)
+        if cfg.get("channels", 1) != 1:
+            raise ConfigError(f"data.channels must be 1 for format '{fmt.name}' (occupancy), got {cfg['channels']}")
+    elif cfg.get("voxel_size") is not None:
+        raise ConfigError(f"data.voxel_size is for point-cloud formats; NIfTI volumes take data.spacing")
     cfg["volume_size"] = _size(_require(cfg, "volume_size", (int, list, tuple)), "data.volume_size", 3)
     given = cfg.get("image_size")
     if given is not None and (not isinstance(given, (list, tuple)) or list(given) != cfg["volume_size"]):
@@ -159,6 +192,12 @@ def _crop_size(cfg):
 
 def _num_classes(cfg, fmt):
     given = cfg.get("num_classes")
+    if fmt.class_counts:
+        given = fmt.class_counts[0] if given is None else given
+        if given not in fmt.class_counts:
+            raise ConfigError(f"data.num_classes is {given!r} but format '{fmt.name}' has "
+                              f"{' or '.join(map(str, fmt.class_counts))} classes; choose one")
+        return given
     if fmt.num_classes is not None:
         if given is not None and given != fmt.num_classes:
             raise ConfigError(f"data.num_classes is {given} but format '{fmt.name}' has {fmt.num_classes} classes; "

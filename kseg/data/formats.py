@@ -1,8 +1,16 @@
 """On-disk dataset layouts.
 
-A format turns a validated data config and a split name into a list of ``(image_path, mask_path)``
-pairs and reads a mask as int32 class ids (ignore pixels = ``data.ignore_index``). Listing checks what
-is cheap (folders, split files, a mask for every image); mask contents are checked at decode time.
+A format turns a validated data config and a split name into a list of ``(image_ref, label_ref)``
+string pairs, reads an image (``read_image``) and a label as int32 class ids (``read_label``, ignore pixels =
+``data.ignore_index``), and decodes a sample at the config's size (``load``). A reference is a file path, or
+several parts joined by `REF_SEP` (``"rgb.jpg::depth.png"``, ``"nyu_depth_v2_labeled.mat::17"``) where a sample
+lives in several files or inside one. Listing checks what is cheap (folders, split files, a label for every
+image); contents are checked at decode time. With a ``problems`` list, listing collects every missing or
+unmatched file instead of raising on the first (``kseg data check``).
+
+The registry (`FORMATS`) holds these and the formats of `kseg.data.formats_2d` (PASCAL Context, COCO,
+COCO-Stuff, ADE20K, Stanford Background), `kseg.data.formats_rgbd` (NYU-Depth v2, SUN RGB-D, ScanNet, SUN3D,
+UW RGB-D Object, Stanford 2D-3D-S) and `kseg.data.formats_3d` (ShapeNet part, Sydney Urban Objects).
 """
 
 import re
@@ -10,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kseg.data.io import IMAGE_EXTS, MASK_EXTS, natural_key, read_mask
+from kseg.data.io import IMAGE_EXTS, MASK_EXTS, check_labels, fit_size, natural_key, read_image, read_mask
 from kseg.errors import ConfigError, DataError
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -27,6 +35,8 @@ CITYSCAPES_PALETTE = ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 1
 # labelId -> trainId of the 19 evaluated classes (cityscapesScripts helpers/labels.py); the rest is ignored.
 CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
                         25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+REF_SEP = "::"
 
 _RANGES = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
 
@@ -55,6 +65,23 @@ def parse_ranges(spec):
     return indices
 
 
+def join_ref(*parts):
+    """One sample reference from its parts (file paths, or a file and an index inside it)."""
+    return REF_SEP.join(str(p) for p in parts)
+
+
+def split_ref(ref):
+    """The parts of a sample reference made by `join_ref`."""
+    return str(ref).split(REF_SEP)
+
+
+def report(problems, message):
+    """Raises ``message`` as a DataError, or appends it to ``problems`` when collecting (``kseg data check``)."""
+    if problems is None:
+        raise DataError(message)
+    problems.append(message)
+
+
 def is_range_spec(spec):
     """True when a split spec is an index range such as ``"0-19"``."""
     return isinstance(spec, str) and bool(_RANGES.match(spec))
@@ -75,6 +102,12 @@ class Format:
     mask_exts = MASK_EXTS
     root_must_exist = True
     volumetric = False  # True: samples are (D, H, W, C) volumes, loaded by kseg.data.volumes
+    kind = "2D"  # what `kseg data formats` calls it: 2D, RGB-D (2.5D) or 3D
+    rgbd = False  # True: data.depth adds depth channels (kseg.data.depth)
+    points = False  # True: point clouds voxelised at data.voxel_size (kseg.data.points)
+    # Formats whose authors define several class sets (PASCAL Context 59 / 459, NYU-Depth v2 40 / 13): the
+    # allowed data.num_classes, the first being the default.
+    class_counts = ()
 
     def class_names(self, cfg):
         return tuple(cfg.get("class_names") or (f"class_{i}" for i in range(cfg["num_classes"])))
@@ -86,13 +119,21 @@ class Format:
         """Returns the dataset folder given the user's root (formats accept a parent folder)."""
         return root
 
-    def samples(self, cfg, split):
-        """Returns the split's ``[(image_path, mask_path), ...]``; raises DataError if it is empty."""
+    def channels(self, cfg):
+        """Input channels of the images this format yields (RGB: 3)."""
+        return 3
+
+    def samples(self, cfg, split, problems=None):
+        """Returns the split's ``[(image_ref, label_ref), ...]``; raises DataError if it is empty.
+
+        With a ``problems`` list, files without their counterpart are reported there and left out instead of
+        raising.
+        """
         spec = cfg["splits"].get(split, self.default_split(split))
         if spec is None:
             raise ConfigError(f"data.splits has no '{split}' entry; add one, e.g. {split}: '0-99' (index range), "
                               f"'{split}.txt' (list of stems) or a subfolder name")
-        pairs = self._resolve(cfg, spec, split)
+        pairs = self._resolve(cfg, spec, split, problems)
         if not pairs:
             raise DataError(f"{cfg['root']}: split '{split}' ({spec}) has no samples; check data.splits")
         return pairs
@@ -104,46 +145,90 @@ class Format:
         """Turns a bare split name into a spec: here a subfolder."""
         return {"image_dir": f"{name}/{cfg['image_dir']}", "mask_dir": f"{name}/{cfg['mask_dir']}"}
 
-    def _resolve(self, cfg, spec, split):
+    def _resolve(self, cfg, spec, split, problems=None):
         root = Path(cfg["root"])
         if isinstance(spec, dict):
             return self.pair(root / spec.get("image_dir", cfg["image_dir"]),
-                             root / spec.get("mask_dir", cfg["mask_dir"]))
+                             root / spec.get("mask_dir", cfg["mask_dir"]), problems=problems)
         if is_range_spec(spec):
-            pairs = self.pair(root / cfg["image_dir"], root / cfg["mask_dir"])
-            indices = parse_ranges(spec)
-            if max(indices) >= len(pairs):
-                raise DataError(f"{root / cfg['image_dir']}: data.splits.{split} '{spec}' asks for index "
-                                f"{max(indices)} but there are only {len(pairs)} samples (indices 0-{len(pairs) - 1})")
-            return [pairs[i] for i in indices]
+            return pick_range(self.pair(root / cfg["image_dir"], root / cfg["mask_dir"], problems=problems),
+                              spec, split, root / cfg["image_dir"])
         if spec.endswith(".txt"):
-            list_file = root / spec
-            if not list_file.is_file():
-                raise DataError(f"{list_file}: split file for '{split}' not found; check data.root and data.splits")
-            stems = [Path(line.split()[0]).stem for line in list_file.read_text().splitlines() if line.strip()]
-            return self.pair(root / cfg["image_dir"], root / cfg["mask_dir"], stems, list_file)
-        return self._resolve(cfg, self.named_split(cfg, spec), split)
+            stems = [Path(line).stem for line in read_list(root / spec, split)]
+            return self.pair(root / cfg["image_dir"], root / cfg["mask_dir"], stems, root / spec, problems)
+        return self._resolve(cfg, self.named_split(cfg, spec), split, problems)
 
-    def pair(self, image_dir, mask_dir, stems=None, list_file=None):
+    def pair(self, image_dir, mask_dir, stems=None, list_file=None, problems=None):
         """Pairs images with masks by file stem, in natural order or in the order of ``stems``."""
         images = _by_stem(image_dir, IMAGE_EXTS, "image")
-        masks = _by_stem(mask_dir, self.mask_exts, "mask")
-        pairs = []
-        for stem in sorted(images, key=natural_key) if stems is None else stems:
-            if stem not in images:
-                raise DataError(f"{list_file}: lists '{stem}' but {image_dir} has no image {stem}.*; "
-                                f"fix the list or add the image")
-            if stem not in masks:
-                raise DataError(f"{images[stem]}: no mask for this image; expected {mask_dir / stem}"
-                                f"{self.mask_exts[0]} (masks are matched by file stem)")
-            pairs.append((str(images[stem]), str(masks[stem])))
-        return pairs
+        masks = self.masks_by_stem(mask_dir)
+        return pair_by_key(images, masks, stems, list_file, problems,
+                           lambda stem: f"{mask_dir / stem}{self.mask_exts[0]} (masks are matched by file stem)",
+                           "mask")
+
+    def masks_by_stem(self, mask_dir):
+        return _by_stem(mask_dir, self.mask_exts, "mask")
+
+    def read_image(self, ref, cfg):
+        """Reads the image of a sample: uint8 (H, W, 3) RGB, or float32 (H, W, C) with extra channels."""
+        return read_image(ref)
+
+    def read_pair(self, cfg, image_ref, label_ref):
+        """The sample as stored (before sizing): ``(image, label)``, checked to have the same size."""
+        image = self.read_image(image_ref, cfg)
+        label = self.read_label(label_ref, cfg)
+        if image.shape[:2] != label.shape:
+            raise DataError(f"{label_ref}: mask is {label.shape[1]}x{label.shape[0]} but its image {image_ref} is "
+                            f"{image.shape[1]}x{image.shape[0]} (WxH); masks must have their image's size")
+        return image, label
+
+    def load(self, cfg, image_ref, label_ref):
+        """Decodes and checks one sample and brings it to ``data.image_size`` (see `kseg.data.load_sample`)."""
+        image, label = self.read_pair(cfg, image_ref, label_ref)
+        check_labels(label, cfg["num_classes"], cfg["ignore_index"], label_ref)
+        return fit_size(image, label, cfg["image_size"], cfg["resize"], cfg["ignore_index"])
 
     def read_label(self, path, cfg):
         """Reads a mask as int32 class ids with ``cfg['ignore_index']`` for ignored pixels."""
         palette = cfg.get("palette")
         colour_map = {tuple(c): i for i, c in enumerate(palette)} if palette else None
         return read_mask(path, colour_map)
+
+
+def read_list(list_file, split):
+    """The non-empty lines of a split list (first column), or a DataError naming the file."""
+    if not list_file.is_file():
+        raise DataError(f"{list_file}: split file for '{split}' not found; check data.root and data.splits")
+    return [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+
+
+def pick_range(pairs, spec, split, where):
+    """The pairs at the indices of a range spec such as ``"0-19"``."""
+    indices = parse_ranges(spec)
+    if max(indices) >= len(pairs):
+        raise DataError(f"{where}: data.splits.{split} '{spec}' asks for index {max(indices)} but there are only "
+                        f"{len(pairs)} samples (indices 0-{len(pairs) - 1})")
+    return [pairs[i] for i in indices]
+
+
+def pair_by_key(images, labels, keys=None, list_file=None, problems=None, expected=str, what="label"):
+    """Pairs ``{key: image}`` with ``{key: label}``, in natural key order or in the order of ``keys``.
+
+    A listed key without an image, an image without a label and (when no list is given) a label without an
+    image are reported (`report`); ``expected(key)`` says where the missing label should be.
+    """
+    pairs = []
+    for key in sorted(images, key=natural_key) if keys is None else keys:
+        if key not in images:
+            report(problems, f"{list_file}: lists '{key}' but there is no image for it; fix the list or add the image")
+        elif key not in labels:
+            report(problems, f"{images[key]}: no {what} for this image; expected {expected(key)}")
+        else:
+            pairs.append((str(images[key]), str(labels[key])))
+    if keys is None and problems is not None:
+        for key in sorted(set(labels) - set(images), key=natural_key):
+            problems.append(f"{labels[key]}: {what} without an image; add the image or remove the {what}")
+    return pairs
 
 
 def _by_stem(folder, exts, kind):
@@ -235,7 +320,7 @@ class CityscapesFormat(Format):
     def default_split(self, split):
         return split
 
-    def _resolve(self, cfg, spec, split):
+    def _resolve(self, cfg, spec, split, problems=None):
         root = Path(cfg["root"])
         image_root = root / "leftImg8bit" / spec
         if not image_root.is_dir():
@@ -245,9 +330,10 @@ class CityscapesFormat(Format):
         for image in sorted(image_root.glob("*/*_leftImg8bit.png"), key=natural_key):
             mask = root / "gtFine" / spec / image.parent.name / image.name.replace("_leftImg8bit.png",
                                                                                   "_gtFine_labelIds.png")
-            if not mask.is_file():
-                raise DataError(f"{image}: no mask for this image; expected {mask}")
-            pairs.append((str(image), str(mask)))
+            if mask.is_file():
+                pairs.append((str(image), str(mask)))
+            else:
+                report(problems, f"{image}: no mask for this image; expected {mask}")
         return pairs
 
     def read_label(self, path, cfg):
@@ -291,11 +377,11 @@ class SyntheticFormat(Format):
 
         return class_names(cfg["num_classes"])
 
-    def samples(self, cfg, split):
+    def samples(self, cfg, split, problems=None):
         from kseg.data.synthetic import ensure_generated
 
         ensure_generated(cfg)
-        return super().samples(cfg, split)
+        return super().samples(cfg, split, problems)
 
     def read_label(self, path, cfg):
         return read_mask(path)
@@ -315,27 +401,39 @@ class NiftiFormat(Format):
     mask_dir = "labelsTr"
     mask_exts = NIFTI_EXTS
     volumetric = True
+    kind = "3D"
 
-    def pair(self, image_dir, mask_dir, stems=None, list_file=None):
+    def channels(self, cfg):
+        return cfg["channels"]
+
+    def pair(self, image_dir, mask_dir, stems=None, list_file=None, problems=None):
         images = _nifti_by_case(image_dir, "image")
         labels = _nifti_by_case(mask_dir, "label")
-        pairs = []
         # A list file may give "case.nii.gz", whose stem (what Format._resolve passes) is "case.nii".
-        cases = sorted(images, key=natural_key) if stems is None else [_case_name(s) for s in stems]
-        for case in cases:
-            if case not in images:
-                raise DataError(f"{list_file}: lists '{case}' but {image_dir} has no volume {case}.nii.gz; "
-                                f"fix the list or add the volume")
-            if case not in labels:
-                raise DataError(f"{images[case]}: no label volume for this image; expected "
-                                f"{mask_dir / case}.nii.gz (labels are matched by case name)")
-            pairs.append((str(images[case]), str(labels[case])))
-        return pairs
+        cases = None if stems is None else [_case_name(s) for s in stems]
+        return pair_by_key(images, labels, cases, list_file, problems,
+                           lambda case: f"{mask_dir / case}.nii.gz (labels are matched by case name)",
+                           "label volume")
+
+    def read_image(self, ref, cfg):
+        from kseg.data.volumes import read_image_volume
+
+        return read_image_volume(ref, cfg["channels"])[0]
 
     def read_label(self, path, cfg):
         from kseg.data.volumes import read_label_volume
 
         return read_label_volume(path)
+
+    def read_pair(self, cfg, image_ref, label_ref):
+        from kseg.data.volumes import read_volume_pair
+
+        return read_volume_pair(cfg, image_ref, label_ref)[:2]
+
+    def load(self, cfg, image_ref, label_ref):
+        from kseg.data.volumes import load_volume
+
+        return load_volume(cfg, image_ref, label_ref)
 
 
 def _case_name(name):

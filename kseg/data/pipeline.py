@@ -8,8 +8,7 @@ import numpy as np
 from kseg.data.augment import batch_augmenter, sample_augmenter
 from kseg.data.config import validate_data_config
 from kseg.data.formats import get_format
-from kseg.data.io import check_labels, fit_size, read_image
-from kseg.data.volumes import build_volume_dataset, load_volume
+from kseg.data.volumes import build_volume_dataset
 from kseg.errors import DataError
 
 # TF wraps an exception raised in tf.numpy_function into an OpError whose text ends in the traceback,
@@ -33,25 +32,18 @@ def load_sample(cfg, image_path, mask_path):
 
     Args:
         cfg: validated data config.
-        image_path: image file.
-        mask_path: mask file.
+        image_path: image file (or reference, see `kseg.data.formats`).
+        mask_path: mask file (or reference).
 
     Returns:
-        (image uint8 (H, W, 3), label int32 (H, W)); volume formats: (image float32 (D, H, W, C), label int32
-        (D, H, W)), see `kseg.data.volumes`.
+        (image uint8 (H, W, 3), label int32 (H, W)); with extra input channels (RGB-D: ``data.channels`` > 3)
+        the image is float32 (H, W, C); volume formats: (image float32 (D, H, W, C), label int32 (D, H, W)),
+        see `kseg.data.volumes`.
 
     Raises:
         DataError: unreadable file, size mismatch, label out of range, unknown colour.
     """
-    if get_format(cfg["format"]).volumetric:
-        return load_volume(cfg, image_path, mask_path)
-    image = read_image(image_path)
-    label = get_format(cfg["format"]).read_label(mask_path, cfg)
-    if image.shape[:2] != label.shape:
-        raise DataError(f"{mask_path}: mask is {label.shape[1]}x{label.shape[0]} but its image {image_path} is "
-                        f"{image.shape[1]}x{image.shape[0]} (WxH); masks must have their image's size")
-    check_labels(label, cfg["num_classes"], cfg["ignore_index"], mask_path)
-    return fit_size(image, label, cfg["image_size"], cfg["resize"], cfg["ignore_index"])
+    return get_format(cfg["format"]).load(cfg, image_path, mask_path)
 
 
 def build_dataset(data_cfg, split, batch_size, augment=False, shuffle=None, repeat=False, seed=None,
@@ -73,7 +65,8 @@ def build_dataset(data_cfg, split, batch_size, augment=False, shuffle=None, repe
         drop_remainder: drop the last incomplete batch (gives a static batch dimension).
 
     Returns:
-        tf.data.Dataset of ``(image float32 (B, H, W, 3), label int32 (B, H, W))`` with static H, W:
+        tf.data.Dataset of ``(image float32 (B, H, W, C), label int32 (B, H, W))`` with static H, W (C =
+        ``data.channels``: 3, or 4 / 6 for RGB-D with raw depth / HHA):
         ``data.crop_size`` when augmenting with crops, else ``data.image_size`` (volume formats:
         ``(B, D, H, W, C)`` and ``(B, D, H, W)``, see `kseg.data.volumes`). Decode errors surface as
         TF op errors carrying the DataError text; wrap iteration (or ``model.fit``) in `data_errors()` to
@@ -92,9 +85,10 @@ def build_dataset(data_cfg, split, batch_size, augment=False, shuffle=None, repe
     def decode(image_path, mask_path):
         return load_sample(cfg, image_path.decode(), mask_path.decode())
 
-    # uint8 keeps the cache 4x smaller than float32
-    ds = decoded_samples(samples, decode, (tf.uint8, (height, width, 3)), (height, width), cfg["cache"], shuffle,
-                         repeat, seed)
+    channels = cfg["channels"]
+    # uint8 keeps the cache 4x smaller than float32; depth channels are not 8-bit
+    ds = decoded_samples(samples, decode, (tf.uint8 if channels == 3 else tf.float32, (height, width, channels)),
+                         (height, width), cfg["cache"], shuffle, repeat, seed)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     augmenter = batch_augmenter(cfg["augment"], cfg["ignore_index"], seed) if augment else None
 
@@ -115,7 +109,8 @@ def build_dataset(data_cfg, split, batch_size, augment=False, shuffle=None, repe
         def tf_augment(batch, batch_seed):
             images, labels = tf.numpy_function(numpy_augment, [*batch, batch_seed], [tf.float32, tf.int32],
                                                stateful=False)
-            return tf.ensure_shape(images, (None, out_h, out_w, 3)), tf.ensure_shape(labels, (None, out_h, out_w))
+            return (tf.ensure_shape(images, (None, out_h, out_w, channels)),
+                    tf.ensure_shape(labels, (None, out_h, out_w)))
 
         # One random draw per batch keeps crops and deformations reproducible under parallel calls.
         ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=seed))
@@ -190,18 +185,20 @@ def check_dataset(data_cfg, split, raise_first=True):
         raise_first: raise the first problem instead of collecting them.
 
     Returns:
-        List of problem messages (empty when the split is clean).
+        List of problem messages (empty when the split is clean), listing problems (files without their
+        counterpart) first.
 
     Raises:
-        DataError: the first problem, when ``raise_first``; listing problems always raise.
+        DataError: the first problem, when ``raise_first``; a split without any sample always raises.
     """
     cfg = validate_data_config(data_cfg)
-    problems = []
-    for image_path, mask_path in get_format(cfg["format"]).samples(cfg, split):
+    problems = None if raise_first else []
+    fmt = get_format(cfg["format"])
+    for image_path, mask_path in fmt.samples(cfg, split, problems):
         try:
             load_sample(cfg, image_path, mask_path)
         except DataError as exc:
             if raise_first:
                 raise
             problems.append(str(exc))
-    return problems
+    return problems or []

@@ -147,6 +147,17 @@ def fit_volume(image, label, size, mode, ignore_index):
     return _crop_or_pad(image, label, target, starts, _background(image), ignore_index)
 
 
+def read_volume_pair(cfg, image_path, label_path):
+    """The image ``(D, H, W, C)``, label ``(D, H, W)`` and spacing of a sample as stored, checked to share a grid."""
+    image, spacing = read_image_volume(image_path, cfg["channels"])
+    label = read_label_volume(label_path)
+    if image.shape[:3] != label.shape:
+        raise DataError(f"{label_path}: label volume is {'x'.join(map(str, label.shape))} but its image "
+                        f"{image_path} is {'x'.join(map(str, image.shape[:3]))} (DxHxW); labels must have their "
+                        f"image's voxel grid")
+    return image, label, spacing
+
+
 def load_volume(cfg, image_path, label_path):
     """Decodes, checks and sizes one volume sample (no augmentation).
 
@@ -161,12 +172,7 @@ def load_volume(cfg, image_path, label_path):
     Raises:
         DataError: unreadable file, shape mismatch, label out of range, wrong channel count.
     """
-    image, spacing = read_image_volume(image_path, cfg["channels"])
-    label = read_label_volume(label_path)
-    if image.shape[:3] != label.shape:
-        raise DataError(f"{label_path}: label volume is {'x'.join(map(str, label.shape))} but its image "
-                        f"{image_path} is {'x'.join(map(str, image.shape[:3]))} (DxHxW); labels must have their "
-                        f"image's voxel grid")
+    image, label, spacing = read_volume_pair(cfg, image_path, label_path)
     check_labels(label, cfg["num_classes"], cfg["ignore_index"], label_path)
     if cfg["spacing"] is not None:
         shape = np.maximum(1, np.round(np.array(label.shape) * spacing / np.array(cfg["spacing"]))).astype(int)
@@ -231,14 +237,14 @@ def build_volume_dataset(cfg, samples, batch_size, augment=False, shuffle=False,
     """
     import tensorflow as tf
 
-    from kseg.data.pipeline import decoded_samples  # pipeline imports this module
+    from kseg.data.pipeline import decoded_samples, load_sample  # pipeline imports this module
 
     size = tuple(cfg["volume_size"])
     channels = cfg["channels"]
     deterministic = seed is not None or not shuffle
 
     def decode(image_path, label_path):
-        return load_volume(cfg, image_path.decode(), label_path.decode())
+        return load_sample(cfg, image_path.decode(), label_path.decode())
 
     # float32: raw intensities are not 8-bit
     ds = decoded_samples(samples, decode, (tf.float32, size + (channels,)), size, cfg["cache"], shuffle, repeat,
