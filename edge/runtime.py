@@ -13,6 +13,7 @@ Example:
 import dataclasses
 import json
 import os
+import struct
 import time
 
 import cv2
@@ -41,32 +42,109 @@ class Result:
 
 
 def read_metadata(model_path):
-    """The sidecar ``MODEL.tflite.json`` written by the exporter, or ``{}`` when there is none.
+    """The model's metadata: the JSON the exporter embeds in the ``.tflite`` flatbuffer (metadata entry ``"kseg"``),
+    else the sidecar ``MODEL.tflite.json`` of older exports, else ``{}``.
 
     Keys (all optional): ``labels`` (class names), ``palette`` (``[[r, g, b], ...]``), ``input_size`` (``[h, w]``),
     ``normalization`` (``"raw"``: pixels in [0, 255], the kseg contract; ``"unit"``: [0, 1]; or
-    ``{"mean": [..], "std": [..]}`` applied to [0, 255] pixels) and ``output_kind`` (``"logits"`` or
-    ``"probabilities"``; with one output channel it sets the foreground threshold, 0 or 0.5).
+    ``{"mean": [..], "std": [..]}`` applied to [0, 255] pixels), ``output_kind`` (``"logits"`` or
+    ``"probabilities"``; with one output channel it sets the foreground threshold, 0 or 0.5) and ``mode`` (the
+    export mode, e.g. ``"int8"``).
     """
-    path = f"{model_path}.json"
-    if not os.path.isfile(path):
-        return {}
+    meta = _embedded_metadata(model_path)
+    source = f"{model_path} (embedded metadata)"
+    if meta is None:
+        path = f"{model_path}.json"
+        if not os.path.isfile(path):
+            return {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                meta = f.read()
+        except OSError as e:
+            raise ModelFileError(f"{path}: unreadable model metadata ({e.strerror}); fix or delete it") from None
+        source = path
     try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ModelFileError(f"{path}: unreadable model metadata ({e}); fix or delete it") from None
+        meta = json.loads(meta)
+    except ValueError as e:
+        raise ModelFileError(f"{source}: unreadable model metadata ({e}); fix it or re-export the model") from None
     if not isinstance(meta, dict):
-        raise ModelFileError(f"{path}: model metadata must be a JSON object")
+        raise ModelFileError(f"{source}: model metadata must be a JSON object")
     return meta
+
+
+METADATA_NAME = b"kseg"
+
+
+def _embedded_metadata(model_path):
+    """The bytes of the flatbuffer's metadata entry ``"kseg"``, or ``None``.
+
+    Parsed with ``struct`` from the TFLite schema (Model: field 4 ``buffers``, field 6 ``metadata``; Metadata:
+    ``name``, ``buffer``; Buffer: ``data``, or ``offset`` / ``size`` past the flatbuffer in files over 2 GB), so it
+    needs neither TensorFlow nor the ``flatbuffers`` package, which tflite-runtime installs lack.
+    """
+    try:
+        with open(model_path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None  # the interpreter reports the missing or unreadable file
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        return None
+    try:
+        root = _u32(data, 0)
+        metadata, buffers = _field(data, root, 6), _field(data, root, 4)
+        if metadata is None or buffers is None:
+            return None
+        for entry in _vector_tables(data, metadata):
+            name = _field(data, entry, 0)
+            if name is None or _string(data, name) != METADATA_NAME:
+                continue
+            index = _field(data, entry, 1)
+            buffer = _vector_tables(data, buffers)[_u32(data, index) if index is not None else 0]
+            payload = _field(data, buffer, 0)
+            if payload is not None:
+                start = payload + _u32(data, payload)
+                return data[start + 4:start + 4 + _u32(data, start)]
+            offset, size = _field(data, buffer, 1), _field(data, buffer, 2)
+            if offset is not None and size is not None:
+                offset, size = struct.unpack_from("<Q", data, offset)[0], struct.unpack_from("<Q", data, size)[0]
+                return data[offset:offset + size]
+            return None
+    except (struct.error, IndexError):
+        raise ModelFileError(f"{model_path}: corrupt TFLite flatbuffer (metadata list unreadable); "
+                             "re-export the model") from None
+    return None
+
+
+def _u32(data, offset):
+    return struct.unpack_from("<I", data, offset)[0]
+
+
+def _field(data, table, index):
+    """Absolute offset of field ``index`` of the flatbuffer table at ``table``, or ``None`` when absent."""
+    vtable = table - struct.unpack_from("<i", data, table)[0]
+    slot = 4 + 2 * index
+    if slot >= struct.unpack_from("<H", data, vtable)[0]:
+        return None
+    offset = struct.unpack_from("<H", data, vtable + slot)[0]
+    return table + offset if offset else None
+
+
+def _vector_tables(data, field):
+    start = field + _u32(data, field)
+    return [start + 4 + 4 * i + _u32(data, start + 4 + 4 * i) for i in range(_u32(data, start))]
+
+
+def _string(data, field):
+    start = field + _u32(data, field)
+    return data[start + 4:start + 4 + _u32(data, start)]
 
 
 class Segmenter:
     """A TFLite segmentation model wrapped for BGR camera frames.
 
     Args:
-        model_path: the ``.tflite`` file (its sidecar ``.json``, when present, supplies labels, palette and the
-            input normalisation; arguments given here override it).
+        model_path: the ``.tflite`` file (its metadata, embedded or a sidecar ``.json``, supplies labels, palette
+            and the input normalisation; arguments given here override it).
         num_threads: interpreter threads; ``None`` lets LiteRT decide.
         edgetpu: use the Coral delegate when ``libedgetpu.so.1`` loads (falls back to the CPU).
         resize: ``"stretch"`` the frame to the model input, or ``"letterbox"`` it (keep the aspect ratio, pad with
@@ -96,8 +174,8 @@ class Segmenter:
                                  f"got {list(in_shape)} -> {list(out_shape)}")
         self.input_size = (int(in_shape[1]), int(in_shape[2]))
         if "input_size" in meta and tuple(meta["input_size"]) != self.input_size:
-            raise ModelFileError(f"{model_path}.json says input_size {meta['input_size']} but the model takes "
-                                 f"{list(self.input_size)}; re-export the model")
+            raise ModelFileError(f"the metadata of {model_path} says input_size {meta['input_size']} but the model "
+                                 f"takes {list(self.input_size)}; re-export the model")
         self.num_classes = int(out_shape[3])
         self.resize = resize
         self.smoothing = smoothing

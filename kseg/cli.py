@@ -5,6 +5,7 @@ Example:
     kseg evaluate configs/unet_membrane-512x512.yaml --model runs/unet_membrane-512x512/best.keras
     kseg predict runs/unet_membrane-512x512/best.keras image.png --out preds/
     kseg export runs/unet_membrane-512x512/best.keras --to int8 --config configs/unet_membrane-512x512.yaml
+    kseg export runs/unet_membrane-512x512/best.keras --to edgetpu --data configs/unet_membrane-512x512.yaml
     kseg run model_int8.tflite --source 0
 """
 
@@ -40,12 +41,20 @@ def _parser():
     p.add_argument("--out", default="predictions", help="output folder")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
 
-    p = sub.add_parser("export", help="convert a trained model to TFLite")
+    p = sub.add_parser("export", help="optimize and convert a trained model to a verified TFLite file")
     p.add_argument("model", help="a .keras model")
-    p.add_argument("--to", default="int8", choices=("float32", "float16", "dynamic", "int8"))
-    p.add_argument("--config", help="the training config (its data calibrates int8 and verifies the export)")
+    p.add_argument("--to", default="int8", choices=("float32", "float16", "dynamic", "int8", "edgetpu"),
+                   help="edgetpu: full int8 with an EdgeTPU-safe graph and an op-by-op analysis")
+    p.add_argument("--config", "--data", dest="config",
+                   help="the training config (its data calibrates int8, fine-tunes and verifies the export)")
     p.add_argument("--out", help="output .tflite path (default: beside the model)")
     p.add_argument("--calibration", type=int, default=64, help="training images used to calibrate int8")
+    p.add_argument("--io", default="uint8", choices=("uint8", "int8"), help="int8 models: input/output type")
+    p.add_argument("--prune", metavar="SPARSITY", help="magnitude pruning to this sparsity in (0, 1), or 2:4")
+    p.add_argument("--cluster", type=int, metavar="K", help="weight clustering: K shared values per kernel")
+    p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning before int8 conversion")
+    p.add_argument("--steps", type=int, default=100, help="fine-tuning steps for --prune / --cluster / --qat")
+    p.add_argument("--no-report", action="store_true", help="skip the verification report")
 
     p = sub.add_parser("run", help="run a .tflite model on a camera, video or images (kseg-edge run)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of kseg-edge run")
@@ -77,7 +86,8 @@ def _run(args):
         from export.api import export_model
 
         export_model(args.model, mode=args.to, config_path=args.config, out_path=args.out,
-                     num_calibration=args.calibration)
+                     num_calibration=args.calibration, io_dtype=args.io, prune=args.prune, cluster=args.cluster,
+                     qat=args.qat, fine_tune_steps=args.steps, report=not args.no_report)
     elif args.command == "run":
         from edge.cli import main as edge_main
 

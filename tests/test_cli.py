@@ -75,7 +75,9 @@ def test_export_int8_matches_keras_and_runs_on_edge(trained, tmp_path, capsys):
     assert main(["export", str(root / "run" / "best.keras"), "--to", "int8", "--config", str(path),
                  "--out", str(tflite), "--calibration", "8"]) == 0
     assert "int8" in capsys.readouterr().out
-    meta = json.loads((tmp_path / "m.tflite.json").read_text())
+    from edge.runtime import read_metadata
+
+    meta = read_metadata(str(tflite))  # embedded in the flatbuffer
     assert meta["input_size"] == [64, 64] and len(meta["labels"]) == 3
     from export.verify import compare_on_split
     from kseg.config import load_config

@@ -1,0 +1,100 @@
+"""Read and rewrite a ``.tflite`` flatbuffer through the schema module that ai-edge-litert ships (its object API),
+so the exporter can list ops with their options, change op options and add metadata without TensorFlow's
+private tools.
+
+Example:
+    >>> from export.flatbuffer import load, ops      # doctest: +SKIP
+    >>> [op.name for op in ops(load(flatbuffer))]     # doctest: +SKIP
+    ['QUANTIZE', 'CONV_2D', ..., 'QUANTIZE']
+"""
+
+import dataclasses
+
+import flatbuffers
+from ai_edge_litert import schema_py_generated as schema
+
+from kseg.errors import ModelFileError
+
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+
+
+@dataclasses.dataclass
+class Op:
+    """One operator of subgraph 0, in execution order.
+
+    Attributes:
+        index: position in the execution order.
+        name: builtin op name (``"CONV_2D"``), or the custom code for a custom op.
+        options: the op's builtin options object (``None`` when it has none).
+        inputs, outputs: the ``schema.TensorT`` of its inputs and outputs (``None`` for an omitted optional input).
+        constant: per input, whether it is a compile-time constant (a weight, bias or shape).
+    """
+
+    index: int
+    name: str
+    options: object
+    inputs: list
+    outputs: list
+    constant: list
+
+
+def load(flatbuffer, what="model"):
+    """The mutable ``schema.ModelT`` of a ``.tflite`` file's bytes.
+
+    Raises:
+        ModelFileError: the bytes are not a TFLite flatbuffer (``what`` names the file in the message).
+    """
+    data = bytes(flatbuffer)
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ModelFileError(f"{what} is not a TFLite model (no TFL3 flatbuffer identifier)")
+    return schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+
+
+def dump(model):
+    """``schema.ModelT`` -> ``.tflite`` bytes."""
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def op_name(model, opcode_index):
+    code = model.operatorCodes[opcode_index]
+    # builtin codes past 127 live in builtinCode only; older files keep the small ones in the deprecated field
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        return (code.customCode or b"CUSTOM").decode()
+    return _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
+
+
+def ops(model):
+    """The ``Op`` list of subgraph 0."""
+    graph = model.subgraphs[0]
+    result = []
+    for i, op in enumerate(graph.operators or []):
+        inputs = [graph.tensors[t] if t >= 0 else None for t in (op.inputs if op.inputs is not None else [])]
+        outputs = [graph.tensors[t] for t in (op.outputs if op.outputs is not None else [])]
+        constant = [t is not None and _has_data(model, t) for t in inputs]
+        result.append(Op(i, op_name(model, op.opcodeIndex), op.builtinOptions, inputs, outputs, constant))
+    return result
+
+
+def _has_data(model, tensor):
+    buf = model.buffers[tensor.buffer]
+    return (buf.data is not None and len(buf.data) > 0) or bool(buf.size)
+
+
+def constant_value(model, tensor):
+    """The numpy value of a constant tensor (shape tensors, axes, paddings), or ``None``."""
+    import numpy as np
+
+    buf = model.buffers[tensor.buffer]
+    if buf.data is None or len(buf.data) == 0:
+        return None
+    dtype = {schema.TensorType.INT32: np.int32, schema.TensorType.INT64: np.int64,
+             schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int8,
+             schema.TensorType.UINT8: np.uint8}.get(tensor.type)
+    if dtype is None:
+        return None
+    shape = [int(d) for d in tensor.shape] if tensor.shape is not None else []
+    return np.frombuffer(np.asarray(buf.data, np.uint8).tobytes(), dtype).reshape(shape)

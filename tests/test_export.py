@@ -1,0 +1,251 @@
+"""The exporter: EdgeTPU op analyser on hand-made graphs, the EdgeTPU-safe rewrite, metadata embedded in the
+flatbuffer and read back without TensorFlow, ``kseg export`` end to end with its report, and its errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+import kseg
+from edge.interpreter import load_interpreter, run_once
+from edge.runtime import Segmenter, read_metadata
+from export.convert import to_tflite
+from export.edgetpu import analyse, make_edge_safe
+from export.metadata import embed_metadata
+from kseg.errors import ConfigError, DataError, ModelFileError
+
+SIZE = 32
+RNG_IMAGES = [np.random.default_rng(i).uniform(0, 255, (SIZE, SIZE, 3)).astype(np.float32) for i in range(4)]
+
+
+def tiny(head):
+    """conv -> pool -> conv -> ``head`` -> 1x1 logits conv, on 32x32 raw pixels."""
+    import keras
+
+    x = inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    x = head(x)
+    return keras.Model(inputs, keras.layers.Conv2D(3, 1)(x))
+
+
+def bilinear(x):
+    import keras
+
+    return keras.layers.UpSampling2D(interpolation="bilinear")(x)
+
+
+@pytest.fixture(scope="module")
+def bilinear_int8():
+    return to_tflite(tiny(bilinear), "int8", RNG_IMAGES)
+
+
+def test_analyser_maps_int8_conv_net_after_edge_safe_rewrite(bilinear_int8):
+    before = analyse(bilinear_int8)
+    resize = [v for v in before.ops if v.name == "RESIZE_BILINEAR"]
+    assert len(resize) == 1 and not resize[0].supported and "half_pixel_centers" in resize[0].reason
+    assert before.split_at == resize[0].index
+    # every op from the split on runs on the CPU, supported or not
+    assert all(not v.mapped for v in before.ops[before.split_at:])
+    assert all(v.mapped for v in before.ops[:before.split_at])
+    assert before.mapped_share == pytest.approx(before.split_at / len(before.ops))
+
+    safe, changed = make_edge_safe(bilinear_int8)
+    assert changed == 1
+    after = analyse(safe)
+    assert after.split_at is None and after.mapped_share == 1.0
+    assert "every op maps" in after.text()
+
+
+def test_analyser_rejects_float_tensors_and_ops_the_edgetpu_lacks():
+    import keras
+
+    float32 = analyse(to_tflite(tiny(lambda x: x), "float32"))
+    assert float32.split_at == 0 and "FLOAT32" in float32.ops[0].reason and float32.mapped_share == 0.0
+
+    # a per-pixel softmax is an EdgeTPU op only on 1-D inputs of at most 16000 elements
+    softmax = analyse(to_tflite(_with_softmax(tiny(lambda x: x)), "int8", RNG_IMAGES))
+    bad = [v for v in softmax.ops if not v.supported]
+    assert [v.name for v in bad] == ["SOFTMAX"] and "1-D" in bad[0].reason
+    assert softmax.split_at == bad[0].index
+
+    # Keras 3 nearest upsampling is RESHAPE + TILE (BROADCAST_TO in newer converters): not EdgeTPU ops
+    nearest = analyse(to_tflite(tiny(lambda x: keras.layers.UpSampling2D()(x)), "int8", RNG_IMAGES))
+    bad = [v for v in nearest.ops if not v.supported]
+    assert bad and any(v.name in ("TILE", "BROADCAST_TO") and v.reason == "not an EdgeTPU op" for v in bad), \
+        nearest.text()
+    assert 0.0 < nearest.mapped_share < 1.0
+
+
+def _with_softmax(model):
+    import keras
+
+    return keras.Model(model.input, keras.layers.Softmax()(model.output))
+
+
+def test_edge_safe_rewrite_samples_without_half_pixel_offset():
+    """With half-pixel centres off, a 2x bilinear upsampling samples input row ``i / 2`` (TF1 / EdgeTPU legacy
+    resize): even outputs copy the input, odd ones average two neighbours, the last row repeats. Keras (half-pixel
+    centres) samples ``(i + 0.5) / 2 - 0.5`` instead; the float32 conversion keeps that exactly."""
+    import keras
+
+    inputs = keras.Input((4, 5, 2))
+    model = keras.Model(inputs, keras.layers.UpSampling2D(interpolation="bilinear")(inputs))
+    x = np.random.default_rng(0).uniform(0, 255, (1, 4, 5, 2)).astype(np.float32)
+    f32 = to_tflite(model, "float32")
+    np.testing.assert_allclose(run_once(load_interpreter(model_content=f32), x), np.asarray(model(x)), atol=1e-4)
+    safe, changed = make_edge_safe(f32)
+    assert changed == 1 and [v.name for v in analyse(safe).ops] == [v.name for v in analyse(f32).ops]
+
+    def legacy(a, axis):
+        nxt = np.concatenate([np.take(a, range(1, a.shape[axis]), axis), np.take(a, [-1], axis)], axis)
+        return np.stack([a, (a + nxt) / 2], axis + 1).reshape(
+            a.shape[:axis] + (2 * a.shape[axis],) + a.shape[axis + 1:])
+
+    np.testing.assert_allclose(run_once(load_interpreter(model_content=safe), x), legacy(legacy(x, 1), 2),
+                               atol=1e-3)
+
+
+def test_metadata_embedded_and_read_without_tensorflow(bilinear_int8, tmp_path):
+    meta = {"labels": ["bg", "cell", "edge"], "palette": [[0, 0, 0], [1, 2, 3], [4, 5, 6]],
+            "input_size": [SIZE, SIZE], "normalization": "raw", "output_kind": "logits", "mode": "int8"}
+    path = tmp_path / "m.tflite"
+    data = embed_metadata(bilinear_int8, meta)
+    path.write_bytes(embed_metadata(data, meta))  # a second embed replaces the entry, never adds one
+    from export.flatbuffer import load
+
+    names = [m.name for m in load(path.read_bytes()).metadata]
+    assert names.count(b"kseg") == 1 and b"min_runtime_version" in names
+    # the model still runs and gives the same output
+    x = np.random.default_rng(0).integers(0, 255, (1, SIZE, SIZE, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(run_once(load_interpreter(str(path)), x),
+                                  run_once(load_interpreter(model_content=bilinear_int8), x))
+    assert read_metadata(str(path)) == meta
+    seg = Segmenter(str(path))
+    assert seg.labels == meta["labels"] and seg.palette[2].tolist() == [4, 5, 6]
+
+    # embedded metadata wins over a stale sidecar; the sidecar still serves files without embedded metadata
+    (tmp_path / "m.tflite.json").write_text(json.dumps({"labels": ["x", "y", "z"]}))
+    assert read_metadata(str(path))["labels"] == meta["labels"]
+    plain = tmp_path / "plain.tflite"
+    plain.write_bytes(bilinear_int8)
+    assert read_metadata(str(plain)) == {}
+    (tmp_path / "plain.tflite.json").write_text(json.dumps({"labels": ["x", "y", "z"]}))
+    assert read_metadata(str(plain)) == {"labels": ["x", "y", "z"]}
+    (tmp_path / "bad.tflite").write_bytes(embed_metadata(bilinear_int8, ["not", "a", "dict"]))
+    with pytest.raises(ModelFileError, match="JSON object"):
+        read_metadata(str(tmp_path / "bad.tflite"))
+
+    code = ("import sys; from edge.runtime import read_metadata; "
+            f"m = read_metadata({str(path)!r}); assert m['labels'][1] == 'cell', m; "
+            "assert 'tensorflow' not in sys.modules, 'edge.runtime imported TensorFlow'")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+TINY_CFG = {
+    "model": {"name": "unet", "base_filters": 4, "depth": 2},
+    "data": {"format": "synthetic", "image_size": [SIZE, SIZE], "num_classes": 3,
+             "synthetic": {"num_images": 12, "seed": 0}, "splits": {"train": "0-7", "val": "8-11"}},
+    "loss": {"ce": 1.0},
+    "train": {"epochs": 1, "batch_size": 4, "optimizer": {"name": "adam", "lr": 3e-3}},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny U-Net fitted for 60 steps on the synthetic data (enough for confident logits), its config, and the
+    data written once."""
+    import keras
+
+    from kseg.config import load_config
+    from kseg.data import build_dataset
+
+    root = tmp_path_factory.mktemp("export")
+    cfg = json.loads(json.dumps(TINY_CFG))
+    cfg["data"]["root"] = str(root / "data")
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    data_cfg = load_config(path)["data"]
+    keras.utils.set_random_seed(0)
+    model = kseg.create_model("unet", num_classes=3, input_shape=(SIZE, SIZE, 3), base_filters=4, depth=2)
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    train = build_dataset(data_cfg, "train", batch_size=4, augment=False, repeat=True)
+    model.fit(train, epochs=1, steps_per_epoch=60, verbose=0)
+    model.save(root / "best.keras")
+    return root, path
+
+
+def test_export_edgetpu_end_to_end(trained, capsys):
+    from kseg.cli import main
+
+    root, path = trained
+    out = root / "m_edgetpu.tflite"
+    assert main(["export", str(root / "best.keras"), "--to", "edgetpu", "--data", str(path), "--out", str(out),
+                 "--calibration", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "every op maps to the EdgeTPU" in text
+    meta = read_metadata(str(out))
+    assert meta["mode"] == "edgetpu" and meta["input_size"] == [SIZE, SIZE] and len(meta["labels"]) == 3
+    assert not os.path.exists(str(out) + ".json")  # the file describes itself
+    report = (root / "m_edgetpu.report.txt").read_text()
+    for word in ("float32", "edgetpu", "1 thr ms", "2 thr ms", "mIoU", "CONV_2D", "EdgeTPU op analysis"):
+        assert word in report, word
+    import cv2
+
+    picture = cv2.imread(str(root / "m_edgetpu.report.png"))
+    assert picture is not None and picture.shape[0] > 300
+
+
+def test_export_int8_report_numbers(trained):
+    from export.api import export_model
+
+    root, path = trained
+    result = export_model(root / "best.keras", "int8", config_path=path, out_path=root / "m_int8.tflite",
+                          num_calibration=8, verbose=False)
+    stages = result["report"]["stages"]
+    f32, int8 = stages["float32"], stages["int8"]
+    # float32 TFLite is Keras up to float rounding; int8 keeps the argmax of nearly every pixel
+    assert f32["max_abs_error"] <= 1e-3 and f32["agreement"] > 0.999
+    assert int8["agreement"] >= 0.97, int8
+    assert abs(int8["miou"] - stages["keras"]["miou"]) <= 0.03, stages
+    assert int8["size_bytes"] < 0.6 * f32["size_bytes"]  # a 3k-parameter net: the flatbuffer overhead weighs in
+    assert set(int8["latency_ms"]) == {1, 2} and all(v > 0 for v in int8["latency_ms"].values())
+    assert result["keras_miou"] == stages["keras"]["miou"] and result["tflite_miou"] == int8["miou"]
+
+
+def test_export_errors(trained, tmp_path):
+    import keras
+
+    from export.api import export_model
+
+    root, path = trained
+    classifier = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.GlobalAveragePooling2D(),
+                                   keras.layers.Dense(3)])
+    classifier.save(tmp_path / "classifier.keras")
+    with pytest.raises(ModelFileError, match="not a kseg segmentation model"):
+        export_model(tmp_path / "classifier.keras", "float32", report=False)
+    (tmp_path / "junk.keras").write_bytes(b"junk")
+    with pytest.raises(ModelFileError, match="not a .keras model archive"):
+        export_model(tmp_path / "junk.keras", "float32")
+
+    cfg = yaml.safe_load(path.read_text())
+    cfg["data"]["root"] = str(tmp_path / "nowhere")
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(DataError, match="nowhere"):
+        export_model(root / "best.keras", "int8", config_path=missing)
+    with pytest.raises(ConfigError, match="needs --config"):
+        export_model(root / "best.keras", "int8")
+    for bad in ("0", "1", "1.5", "-0.2", "abc", "3:4"):
+        with pytest.raises(ConfigError, match="prune"):
+            export_model(root / "best.keras", "int8", config_path=path, prune=bad)
+    with pytest.raises(ConfigError, match="cluster"):
+        export_model(root / "best.keras", "int8", config_path=path, cluster=1)
