@@ -7,12 +7,13 @@ Example:
     kseg export runs/unet_membrane-512x512/best.keras --to int8 --config configs/unet_membrane-512x512.yaml
     kseg export runs/unet_membrane-512x512/best.keras --to edgetpu --data configs/unet_membrane-512x512.yaml
     kseg run model_int8.tflite --source 0
+    kseg data check configs/unet_membrane-512x512.yaml
 """
 
 import argparse
 import sys
 
-from kseg.errors import KsegError
+from kseg.errors import ConfigError, KsegError
 
 
 def _add_config(p):
@@ -59,6 +60,18 @@ def _parser():
     p = sub.add_parser("run", help="run a .tflite model on a camera, video or images (kseg-edge run)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of kseg-edge run")
 
+    p = sub.add_parser("data", help="check a dataset, picture its samples, list the supported layouts")
+    p.add_argument("action", choices=("check", "show", "formats"))
+    p.add_argument("source", nargs="?", help="an experiment YAML file or a dataset folder (check, show)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=...")
+    p.add_argument("--format", help="dataset layout of a folder (kseg data formats lists them)")
+    p.add_argument("--num-classes", type=int, help="for a folder of a format without a fixed class count")
+    p.add_argument("--split", action="append", help="split(s) to check or show (default: all of the config's)")
+    p.add_argument("--out", help="show: output PNG (default: <format>-samples.png)")
+    p.add_argument("--num", type=int, default=8, help="show: number of samples")
+    p.add_argument("--seed", type=int, default=0, help="show: which samples (random pick)")
+    p.add_argument("--quiet", action="store_true", help="check: no progress bar")
+
     p = sub.add_parser("demo", help="train, export to int8, run on the edge runtime, report (make demo)")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--minutes", type=float, default=3.0, help="training time budget")
@@ -92,6 +105,12 @@ def _run(args):
         from edge.cli import main as edge_main
 
         return edge_main(["run", *args.args])
+    elif args.command == "data":
+        from kseg.data.tool import main as data_main
+
+        if args.action != "formats" and not args.source:
+            raise ConfigError(f"kseg data {args.action} needs a config file or a dataset folder")
+        return data_main(args)
     elif args.command == "demo":
         from kseg.demo import demo
 

@@ -162,7 +162,7 @@ def _volume(cfg, fmt):
         if cfg.get("channels", 1) != 1:
             raise ConfigError(f"data.channels must be 1 for format '{fmt.name}' (occupancy), got {cfg['channels']}")
     elif cfg.get("voxel_size") is not None:
-        raise ConfigError(f"data.voxel_size is for point-cloud formats; NIfTI volumes take data.spacing")
+        raise ConfigError("data.voxel_size is for point-cloud formats; NIfTI volumes take data.spacing")
     cfg["volume_size"] = _size(_require(cfg, "volume_size", (int, list, tuple)), "data.volume_size", 3)
     given = cfg.get("image_size")
     if given is not None and (not isinstance(given, (list, tuple)) or list(given) != cfg["volume_size"]):
@@ -209,6 +209,8 @@ def _num_classes(cfg, fmt):
             given = 4
         elif known:
             given = len(known)
+        elif fmt.default_num_classes:
+            given = fmt.default_num_classes
         else:
             raise ConfigError(f"data.num_classes is required for format '{fmt.name}' (or give data.class_names)")
     limit = _SYNTHETIC_MAX_CLASSES if fmt.name == "synthetic" else None

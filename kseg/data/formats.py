@@ -108,6 +108,7 @@ class Format:
     # Formats whose authors define several class sets (PASCAL Context 59 / 459, NYU-Depth v2 40 / 13): the
     # allowed data.num_classes, the first being the default.
     class_counts = ()
+    default_num_classes = None  # formats with a default class list that a config may replace (sun3d)
 
     def class_names(self, cfg):
         return tuple(cfg.get("class_names") or (f"class_{i}" for i in range(cfg["num_classes"])))
@@ -203,7 +204,12 @@ def read_list(list_file, split):
 
 
 def pick_range(pairs, spec, split, where):
-    """The pairs at the indices of a range spec such as ``"0-19"``."""
+    """The pairs at the indices of a range spec such as ``"0-19"`` (``"all"``: every pair)."""
+    if spec == "all":
+        return pairs
+    if not is_range_spec(spec):
+        raise ConfigError(f"data.splits.{split} '{spec}' is not an index range such as '0-99' (nor a split this "
+                          f"format names); see docs/datasets.md")
     indices = parse_ranges(spec)
     if max(indices) >= len(pairs):
         raise DataError(f"{where}: data.splits.{split} '{spec}' asks for index {max(indices)} but there are only "
@@ -458,8 +464,18 @@ def _nifti_by_case(folder, kind):
     return found
 
 
-FORMATS = {f.name: f for f in (Format(), VocFormat(), SbdFormat(), CityscapesFormat(), IsbiFormat(),
-                               SyntheticFormat(), NiftiFormat())}
+def _registry():
+    # The other layouts subclass Format: imported once this module's classes exist.
+    from kseg.data.formats_2d import FORMATS_2D
+    from kseg.data.formats_3d import FORMATS_3D
+    from kseg.data.formats_rgbd import FORMATS_RGBD
+
+    formats = (Format(), VocFormat(), SbdFormat(), CityscapesFormat(), IsbiFormat(), SyntheticFormat(),
+               NiftiFormat(), *FORMATS_2D, *FORMATS_RGBD, *FORMATS_3D)
+    return {f.name: f for f in formats}
+
+
+FORMATS = _registry()
 
 
 def list_formats():
