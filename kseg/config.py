@@ -19,10 +19,17 @@ A config has five sections (only ``model.name`` and ``data`` are required)::
       seed: 0
       time_budget_min: null       # stop cleanly after N minutes; the lr decay is resized to end there
       checkpoint_every_steps: 200 # mid-epoch backup for resuming
+      trainer:                    # standard, or adversarial (Luc et al. 2016; kseg.train.adversarial)
+        name: standard
+        weight: 0.1               # adversarial only: lambda, the adversarial term's weight in the segmentor loss
+        encoding: product         #   discriminator input: product (image x each class map) or basic
+        filters: 32               #   discriminator width
+        lr: 1e-4                  #   discriminator learning rate (Adam, constant)
     output:
       dir: null                   # null: runs/<config file stem>
 
-Shorthands: ``optimizer: sgd``, ``schedule: poly`` and ``strategy: mirrored`` stand for ``{name: ...}``.
+Shorthands: ``optimizer: sgd``, ``schedule: poly``, ``strategy: mirrored`` and ``trainer: adversarial`` stand for
+``{name: ...}``.
 Floats may be written ``1e-3`` (plain YAML 1.1 would read that as a string).
 
 A relative ``data.root`` resolves against the current working directory when it exists there, else against the
@@ -103,11 +110,18 @@ SCHEMA = {
         "seed": Field((int,), 0, min=0),
         "time_budget_min": Field(_NUM, None, min=0, nullable=True),
         "checkpoint_every_steps": Field((int,), 200, min=1),
+        "trainer": {
+            "name": Field((str,), "standard", choices=("standard", "adversarial")),
+            "weight": Field(_NUM, 0.1, min=0),
+            "encoding": Field((str,), "product", choices=("product", "basic")),
+            "filters": Field((int,), 32, min=1),
+            "lr": Field(_NUM, 1e-4, min=0),
+        },
     },
     "output": {"dir": Field((str,), None, nullable=True)},
 }
 _SECTIONS = ("model", "data", "loss", "train", "output")
-_SHORTHAND = ("train.optimizer", "train.schedule", "train.strategy")
+_SHORTHAND = ("train.optimizer", "train.schedule", "train.strategy", "train.trainer")
 _DEFAULT_LOSS = {"ce": 1.0, "dice": 1.0}
 
 
@@ -295,6 +309,12 @@ def load_config(path, overrides=()):
         raise ConfigError(f"{path}: missing section 'data' (the dataset to train on)")
 
     out = {name: _validate_section(SCHEMA[name], cfg.get(name), name, origin) for name in ("train", "output")}
+    trainer = out["train"]["trainer"]
+    # A resolved config (run.yaml) lists every option with its default; only a changed one is a mistake.
+    changed = [k for k, f in SCHEMA["train"]["trainer"].items() if k != "name" and trainer[k] != f.default]
+    if trainer["name"] == "standard" and changed:
+        raise ConfigError(f"{origin(f'train.trainer.{changed[0]}')}: an option of the adversarial trainer; set "
+                          "train.trainer.name: adversarial, or remove it")
     out["model"] = _validate_model(cfg.get("model"), origin)
 
     def section_overrides(name):

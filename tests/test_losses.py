@@ -207,7 +207,7 @@ def test_sample_weight_is_refused():
 
 
 def test_build_loss_forms():
-    assert list_losses() == ["ce", "dice", "focal", "lovasz", "tversky"]
+    assert list_losses() == ["acm", "ce", "dice", "focal", "lovasz", "tversky"]
     assert type(build_loss("ce", 2)) is CrossEntropyLoss
     focal = build_loss([{"name": "focal", "gamma": 1.5, "alpha": [0.2, 0.8]}], 2, ignore_index=0)
     assert type(focal) is FocalLoss and focal.gamma == 1.5 and focal.alpha == (0.2, 0.8) and focal.ignore_index == 0
@@ -223,7 +223,7 @@ def test_build_loss_forms():
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ("cross_entropy", "unknown loss 'cross_entropy'; valid names: ce, dice, focal, lovasz, tversky"),
+        ("cross_entropy", "unknown loss 'cross_entropy'; valid names: acm, ce, dice, focal, lovasz, tversky"),
         ({"ce": 1.0, "bce": 1.0}, "unknown loss 'bce'"),
         ([{"name": "focal", "gama": 2}], r"unknown parameter\(s\) gama; valid: gamma, alpha"),
         ([{"name": "ce", "ignore_index": 0}], "ignore_index is set once"),

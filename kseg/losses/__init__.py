@@ -6,6 +6,7 @@ Example:
     >>> model.compile(optimizer="adam", loss=loss)  # doctest: +SKIP
 """
 
+from kseg.losses.active_contour import ActiveContourLoss
 from kseg.losses.builder import WeightedSumLoss, build_loss, list_losses, register_loss
 from kseg.losses.segmentation import (
     CrossEntropyLoss,
@@ -17,6 +18,7 @@ from kseg.losses.segmentation import (
 )
 
 __all__ = [
+    "ActiveContourLoss",
     "CrossEntropyLoss",
     "DiceLoss",
     "FocalLoss",

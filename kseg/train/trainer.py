@@ -26,6 +26,8 @@ def _fingerprint(cfg, steps_per_epoch, global_batch):
           "data.image_size": cfg["data"]["image_size"], "train.epochs": t["epochs"], "train.optimizer": t["optimizer"],
           "train.schedule": t["schedule"], "train.mixed_precision": t["mixed_precision"],
           "global batch": global_batch, "steps per epoch": steps_per_epoch}
+    if t["trainer"]["name"] != "standard":  # a backup of another trainer holds other networks
+        fp["train.trainer"] = t["trainer"]
     return json.loads(json.dumps(fp))
 
 
@@ -61,12 +63,36 @@ def _build_model(cfg, schedule, size):
         raise ConfigError(f"model {cfg['model']['name']!r}: {e}") from None
     if schedule is None:
         model = inference_model(model)
+    elif cfg["train"]["trainer"]["name"] == "adversarial":
+        model = _adversarial(model, cfg)
     _compile(model, cfg, build_optimizer(cfg["train"]["optimizer"], schedule) if schedule is not None else "sgd",
              aux_weight)
     if schedule is not None:
         # Optimizer variables must exist (in the strategy's scope) before a backup can be loaded into them.
-        model.optimizer.build(model.trainable_variables)
+        if hasattr(model, "build_optimizers"):
+            model.build_optimizers()
+        else:
+            model.optimizer.build(model.trainable_variables)
     return model
+
+
+def _adversarial(segmentor, cfg):
+    """``segmentor`` wrapped for adversarial training (``train.trainer``, see ``kseg.train.adversarial``)."""
+    from kseg.train.adversarial import AdversarialModel, discriminator
+
+    opts = cfg["train"]["trainer"]
+    try:
+        net = discriminator(cfg["data"]["num_classes"], tuple(segmentor.inputs[0].shape[1:]), opts["encoding"],
+                            opts["filters"])
+    except ValueError as e:
+        raise ConfigError(f"train.trainer: {e}") from None
+    return AdversarialModel(segmentor, net, opts["weight"], keras.optimizers.Adam(opts["lr"]),
+                            cfg["data"]["ignore_index"])
+
+
+def _segmentor(model):
+    """The segmentation network itself (an adversarial model wraps it)."""
+    return getattr(model, "segmentor", model)
 
 
 def _compile(model, cfg, optimizer, aux_weight=0.0):
@@ -78,7 +104,7 @@ def _compile(model, cfg, optimizer, aux_weight=0.0):
     data = cfg["data"]
     loss = build_loss(cfg["loss"], data["num_classes"], data["ignore_index"])
     metric = SegMeanIoU(data["num_classes"], data["ignore_index"])
-    extra = len(model.outputs) - 1
+    extra = len(_segmentor(model).outputs) - 1
     if not extra:
         model.compile(optimizer=optimizer, loss=loss, metrics=[metric])
         return
@@ -143,13 +169,15 @@ def train(cfg, verbose=1, callbacks=()):
             # Training on crops: the model trains at the crop size and a full-size copy validates and is saved.
             model = _build_model(cfg, schedule, tuple(crop) if crop else image_size)
             deploy = None
+            outputs = len(_segmentor(model).outputs)
             if crop and tuple(crop) != image_size:
                 deploy = _build_model(cfg, None, image_size)
-            elif len(model.outputs) > 1:  # validate and save the inference view, without the auxiliary head
-                deploy = inference_model(model)
+            elif outputs > 1 or model is not _segmentor(model):
+                # validate and save the inference view: without the auxiliary head, without a discriminator
+                deploy = inference_model(_segmentor(model))
                 _compile(deploy, cfg, "sgd")
-        if len(model.outputs) > 1:  # every auxiliary head learns the same labels
-            train_ds = train_ds.map(lambda x, y: (x, (y,) * len(model.outputs)))
+        if outputs > 1:  # every auxiliary head learns the same labels
+            train_ds = train_ds.map(lambda x, y: (x, (y,) * outputs))
         adapt_model(model, strategy)
         state = RunState(total_steps=planned)
         backup = Backup(os.path.join(run_dir, "backup"), state, t["checkpoint_every_steps"],
@@ -226,6 +254,8 @@ def _describe(cfg, run_dir, strategy, global_batch, steps_per_epoch, resumed):
              f"  {type(strategy).__name__} x{strategy.num_replicas_in_sync} replica(s), global batch {global_batch}, "
              f"{t['epochs']} epochs x {steps_per_epoch} steps"
              + (", mixed_float16" if t["mixed_precision"] else "")
+             + (f", adversarial (weight {t['trainer']['weight']}, {t['trainer']['encoding']} encoding)"
+                if t["trainer"]["name"] == "adversarial" else "")
              + (f", time budget {t['time_budget_min']} min" if t["time_budget_min"] is not None else "")]
     if resumed:
         best = f", best val mIoU {resumed.best_miou:.4f} (epoch {resumed.best_epoch})" if resumed.best_epoch else ""
