@@ -35,12 +35,16 @@ def _parser():
     p.add_argument("--split", default="val")
     p.add_argument("--out", help="report folder (default: <run dir>/report-<split>)")
     p.add_argument("--samples", type=int, default=8, help="overlay pictures in the report")
+    p.add_argument("--refine", metavar="NAME", help="refine the probabilities with a post-processor from "
+                   "kseg.postprocess (e.g. crf) before scoring (.keras models)")
 
     p = sub.add_parser("predict", help="write masks and overlays for an image or a folder")
     p.add_argument("model", help="a .keras model")
     p.add_argument("input", help="an image file or a folder of images")
     p.add_argument("--out", default="predictions", help="output folder")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    p.add_argument("--refine", metavar="NAME", help="refine the probabilities with a post-processor from "
+                   "kseg.postprocess (e.g. crf)")
 
     p = sub.add_parser("export", help="optimize and convert a trained model to a verified TFLite file")
     p.add_argument("model", help="a .keras model")
@@ -90,11 +94,11 @@ def _run(args):
         from kseg.evaluate import evaluate
 
         evaluate(load_config(args.config, args.overrides), model_path=args.model, split=args.split,
-                 out_dir=args.out, num_samples=args.samples)
+                 out_dir=args.out, num_samples=args.samples, refine=args.refine)
     elif args.command == "predict":
         from kseg.predict import predict
 
-        predict(args.model, args.input, args.out, alpha=args.alpha)
+        predict(args.model, args.input, args.out, alpha=args.alpha, refine=args.refine)
     elif args.command == "export":
         from export.api import export_model
 

@@ -11,24 +11,65 @@ import os
 import numpy as np
 
 from kseg import viz
+from kseg.errors import ConfigError
 from kseg.metrics import BoundaryF1, ConfusionMatrix
 
 
-def keras_predictor(model):
-    """A function ``uint8 RGB image (H, W, 3) -> class ids (H, W)`` for a loaded Keras model."""
-    return lambda image: np.argmax(model(image[None].astype(np.float32), training=False).numpy()[0], axis=-1)
+def refiner(name):
+    """The refiner registered as ``name`` in ``kseg.postprocess`` (``"crf"``, ...), or ``None`` for ``None``.
+
+    Raises:
+        ConfigError: no refiner has that name (the message lists the registered ones).
+    """
+    if name is None:
+        return None
+    from kseg.postprocess import get_refiner
+
+    try:
+        return get_refiner(name)
+    except ValueError as e:
+        raise ConfigError(f"--refine: {e}") from None
 
 
-def predictor(model_path):
-    """A function ``uint8 RGB image (H, W, 3) -> class ids (H, W)`` for a ``.keras`` or ``.tflite`` model."""
+def probabilities(logits):
+    """Per-pixel class probabilities ``(H, W, C)`` of logits ``(H, W, C)``: the softmax, or ``[1 - p, p]`` with
+    ``p = sigmoid`` for a one-channel binary model (the refiners' input contract, ``kseg.postprocess``)."""
+    logits = np.asarray(logits, np.float32)
+    if logits.shape[-1] == 1:
+        p = 1.0 / (1.0 + np.exp(-logits))
+        return np.concatenate([1.0 - p, p], axis=-1)
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def keras_predictor(model, refine=None):
+    """A function ``uint8 RGB image (H, W, 3) -> class ids (H, W)`` for a loaded Keras model; with ``refine``
+    (a refiner name, see ``refiner``) the model's probabilities are refined with the image before the argmax."""
+    refine_fn = refiner(refine)
+
+    def predict(image):
+        logits = model(image[None].astype(np.float32), training=False).numpy()[0]
+        if refine_fn is None:
+            return np.argmax(logits, axis=-1)
+        return np.argmax(refine_fn(image, probabilities(logits)), axis=-1)
+
+    return predict
+
+
+def predictor(model_path, refine=None):
+    """A function ``uint8 RGB image (H, W, 3) -> class ids (H, W)`` for a ``.keras`` or ``.tflite`` model,
+    optionally refined (``keras_predictor``; ``.keras`` models only)."""
     if os.fspath(model_path).endswith(".tflite"):
+        if refine is not None:
+            raise ConfigError(f"--refine {refine}: refiners take the probabilities of a .keras model; "
+                              f"{model_path} is a .tflite model (evaluate its .keras source instead)")
         from edge.runtime import Segmenter
 
         seg = Segmenter(model_path)
         return lambda image: seg.segment(image, rgb=True).mask
     from kseg.saving import load_model
 
-    return keras_predictor(load_model(model_path))
+    return keras_predictor(load_model(model_path), refine)
 
 
 def uint8_samples(data_cfg, split):
@@ -40,13 +81,15 @@ def uint8_samples(data_cfg, split):
         yield np.clip(np.round(images.numpy()[0]), 0, 255).astype(np.uint8), labels.numpy()[0]
 
 
-def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, verbose=True):
+def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, verbose=True, refine=None):
     """Score a model on ``split`` of the config's data and write the report.
 
     Args:
         cfg: a loaded config (``kseg.config.load_config``).
         model_path: ``.keras`` or ``.tflite``; default the run's ``best.keras``.
         out_dir: report folder; default ``<run dir>/report-<split>``.
+        refine: a refiner name from ``kseg.postprocess`` (e.g. ``"crf"``) applied to the probabilities of a
+            ``.keras`` model before the argmax; recorded in ``metrics.json``.
 
     Returns:
         The metrics dict written to ``metrics.json``.
@@ -60,7 +103,7 @@ def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, ver
     num_classes, ignore = int(data_cfg["num_classes"]), int(data_cfg["ignore_index"])
     info = dataset_info(data_cfg)
     names, colours = info["class_names"], info["palette"]
-    predict = predictor(model_path)
+    predict = predictor(model_path, refine)
 
     cm, bf = ConfusionMatrix(num_classes, ignore), BoundaryF1(num_classes, ignore_index=ignore)
     samples, count = [], 0
@@ -72,8 +115,8 @@ def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, ver
         if len(samples) < num_samples:
             samples.append((image, label, pred))
 
-    metrics = {"model": os.fspath(model_path), "split": split, "num_images": count, **cm.summary(),
-               "boundary_f1": bf.summary()}
+    metrics = {"model": os.fspath(model_path), "split": split, "refine": refine, "num_images": count,
+               **cm.summary(), "boundary_f1": bf.summary()}
     os.makedirs(out_dir, exist_ok=True)
     table = cm.table(names)
     with open(os.path.join(out_dir, "table.txt"), "w") as f:

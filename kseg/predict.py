@@ -21,18 +21,22 @@ def _inputs(path):
     return [path]
 
 
-def predict(model_path, input_path, out_dir, alpha=0.5, verbose=True):
+def predict(model_path, input_path, out_dir, alpha=0.5, verbose=True, refine=None):
     """Segment every image and write ``<name>_mask.png`` (class ids) and ``<name>_overlay.png``.
 
     Images of any size are resized to the model's input and the mask is resized back (nearest). An unreadable
-    image is reported and skipped; the others are still written.
+    image is reported and skipped; the others are still written. ``refine``: a refiner name from
+    ``kseg.postprocess`` (e.g. ``"crf"``) applied to the model's probabilities and the resized image.
 
     Returns:
         The list of mask paths written.
     """
+    from kseg.evaluate import keras_predictor, refiner
     from kseg.saving import load_model
 
+    refiner(refine)  # an unknown name fails before the model loads
     model = load_model(model_path)
+    segment = keras_predictor(model, refine)
     in_h, in_w = (int(d) if d is not None else None for d in model.inputs[0].shape[1:3])
     num_classes = int(model.outputs[0].shape[-1])
     colours = viz.palette(num_classes)
@@ -47,8 +51,7 @@ def predict(model_path, input_path, out_dir, alpha=0.5, verbose=True):
             continue
         h, w = image.shape[:2]
         x = image if in_h is None else cv2.resize(image, (in_w, in_h), interpolation=cv2.INTER_LINEAR)
-        logits = model(x[None].astype(np.float32), training=False).numpy()[0]
-        mask = np.argmax(logits, axis=-1).astype(np.uint8)
+        mask = segment(x).astype(np.uint8)
         mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
         stem = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
         cv2.imwrite(stem + "_mask.png", mask)
