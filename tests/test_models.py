@@ -441,7 +441,9 @@ def test_deeplabv3plus_resnet50(output_stride):
     run_output_shape_test(model, 2)
     assert model.get_layer("deeplabv3plus_aspp_conv0").output.shape[1] == 64 // output_stride
     rate = {16: 6, 8: 12}[output_stride]
-    assert model.get_layer("deeplabv3plus_aspp_conv1").dilation_rate == (rate, rate)
+    # depthwise-separable as in the paper: the atrous rate is on the depthwise step
+    assert model.get_layer("deeplabv3plus_aspp_conv1_depthwise").dilation_rate == (rate, rate)
+    assert model.get_layer("deeplabv3plus_decoder_conv2").kernel_size == (1, 1)
 
 
 def test_hrnetv2_branches_and_fusion():

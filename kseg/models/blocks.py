@@ -47,6 +47,19 @@ def conv_bn_relu(K, x, filters, kernel_size, name, strides=1, dilation_rate=1, b
     return K.layers.ReLU(name=f"{name}_relu")(x)
 
 
+def separable_conv_bn_relu(K, x, filters, kernel_size, name, dilation_rate=1):
+    """Depthwise-separable conv as DeepLabv3+ uses it: DepthwiseConv2D -> BN -> ReLU, then a 1x1 Conv -> BN -> ReLU.
+
+    Layers are ``{name}_depthwise`` (+ ``_bn``, ``_relu``) and then those of ``conv_bn_relu(..., name)``. About
+    ``kernel_size**2`` times fewer multiply-adds than a plain conv at the same width, in the order QAT folds.
+    """
+    x = K.layers.DepthwiseConv2D(kernel_size, padding="same", dilation_rate=dilation_rate, use_bias=False,
+                                 name=f"{name}_depthwise")(x)
+    x = K.layers.BatchNormalization(momentum=0.9, name=f"{name}_depthwise_bn")(x)
+    x = K.layers.ReLU(name=f"{name}_depthwise_relu")(x)
+    return conv_bn_relu(K, x, filters, 1, name)
+
+
 def upsample_bilinear(K, x, size, name):
     """Static-size bilinear upsampling by an integer factor ``size`` (int or ``(fh, fw)``).
 

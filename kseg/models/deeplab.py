@@ -11,8 +11,8 @@ The dense CRF post-processing of v1/v2 is not part of these networks.
 """
 
 from kseg.models.backbones import build_backbone
-from kseg.models.blocks import (check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_bilinear,
-                                upsample_logits)
+from kseg.models.blocks import (check_input_shape, conv_bn_relu, get_keras, logits_head, separable_conv_bn_relu,
+                                upsample_bilinear, upsample_logits)
 from kseg.models.registry import register_model
 
 # DeepLabv3's ASPP rates per output stride (doubled at stride 8 so that they cover the same image area).
@@ -185,17 +185,19 @@ def deeplabv3(num_classes, input_shape=(512, 512, 3), backbone="resnet50", outpu
     return K.Model(inputs, outputs, name=name)
 
 
-def aspp(K, x, filters, rates, dropout, prefix):
+def aspp(K, x, filters, rates, dropout, prefix, separable=False):
     """Atrous spatial pyramid pooling with an image-pooling branch (DeepLabv3, section 3.3).
 
-    Layers: ``{prefix}_conv0`` (1x1), ``{prefix}_conv{i}`` (3x3 at ``rates[i - 1]``), ``{prefix}_pool`` ->
-    ``{prefix}_pool_conv`` -> ``{prefix}_pool_upsample``, ``{prefix}_concat``, ``{prefix}_project`` and
-    ``{prefix}_dropout``; every conv is Conv -> BN -> ReLU with ``filters``.
+    Layers: ``{prefix}_conv0`` (1x1), ``{prefix}_conv{i}`` (3x3 at ``rates[i - 1]``; depthwise-separable with
+    ``separable``, as in DeepLabv3+), ``{prefix}_pool`` -> ``{prefix}_pool_conv`` -> ``{prefix}_pool_upsample``,
+    ``{prefix}_concat``, ``{prefix}_project`` and ``{prefix}_dropout``; every conv is Conv -> BN -> ReLU with
+    ``filters``.
     """
     height, width = int(x.shape[1]), int(x.shape[2])
     branches = [conv_bn_relu(K, x, filters, 1, f"{prefix}_conv0")]
+    conv = separable_conv_bn_relu if separable else conv_bn_relu
     for i, rate in enumerate(rates, start=1):
-        branches.append(conv_bn_relu(K, x, filters, 3, f"{prefix}_conv{i}", dilation_rate=rate))
+        branches.append(conv(K, x, filters, 3, f"{prefix}_conv{i}", dilation_rate=rate))
     pooled = K.layers.GlobalAveragePooling2D(keepdims=True, name=f"{prefix}_pool")(x)
     pooled = conv_bn_relu(K, pooled, filters, 1, f"{prefix}_pool_conv")
     # A static-size resize of a 1x1 map is a broadcast: one RESIZE_BILINEAR in TFLite, no TILE or dynamic shapes.
