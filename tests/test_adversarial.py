@@ -2,7 +2,7 @@
 an interrupted run resumes both networks and both optimizers, ``kseg train`` runs a ``trainer: adversarial``
 config, and the config checks its options."""
 
-import os
+import csv
 
 import keras
 import numpy as np
@@ -51,12 +51,19 @@ def state_of(model):
             "optimizer": snapshot(model.optimizer.variables), "d_optimizer": snapshot(model.d_optimizer.variables)}
 
 
-def test_one_step_updates_both_networks():
+def tiny_adversarial(seed):
+    keras.utils.set_random_seed(seed)
     seg = kseg.create_model("unet", num_classes=3, input_shape=(32, 32, 3), base_filters=4, depth=2)
     disc = discriminator(3, (32, 32, 3), encoding="product", filters=4)
     model = AdversarialModel(seg, disc, weight=0.1, d_optimizer=keras.optimizers.Adam(1e-3))
     # Eager: one step does not pay for tracing the graph.
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=build_loss("ce", 3), run_eagerly=True)
+    model.build_optimizers()
+    return model, seg, disc
+
+
+def test_one_step_updates_both_networks_and_the_weights_file_holds_all_of_it(tmp_path):
+    model, seg, disc = tiny_adversarial(0)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     y = rng.integers(0, 3, (2, 32, 32)).astype(np.int32)
@@ -74,6 +81,17 @@ def test_one_step_updates_both_networks():
     truth, fake = model._label_maps(y, seg(x))
     assert float(np.abs(truth[:, :4]).max()) == 0 and float(np.abs(fake[:, :4]).max()) == 0
     np.testing.assert_allclose(np.asarray(truth[:, 4:]).sum(-1), 1.0)
+
+    # What the trainer's backup writes (save_weights) restores both networks and both optimizers exactly.
+    model.save_weights(tmp_path / "ckpt.weights.h5")
+    other, _, _ = tiny_adversarial(1)
+    other.load_weights(tmp_path / "ckpt.weights.h5")
+    saved, restored = state_of(model), state_of(other)
+    assert len(saved["d_optimizer"]) == 2 + 2 * len(disc.trainable_variables)  # iterations, lr, two moments each
+    for group, values in saved.items():
+        assert len(restored[group]) == len(values), group
+        for a, b in zip(values, restored[group]):
+            np.testing.assert_array_equal(a, b, err_msg=group)
 
 
 def test_discriminator_encodings():
@@ -97,59 +115,35 @@ def test_discriminator_rejects_bad_arguments():
         discriminator(2, (8, 32, 32, 1))
 
 
-def test_kseg_train_runs_an_adversarial_config_and_saves_the_plain_segmentor(tmp_path, shapes, capsys):
-    path = write_config(tmp_path, shapes, epochs=1)
-    assert kseg_main(["train", str(path), "--quiet"]) in (0, None)
-    out = capsys.readouterr().out
-    assert "adversarial (weight 0.5, product encoding)" in out and "best val mIoU" in out
-    run_dir = tmp_path / "run"
-    with open(run_dir / "history.csv") as f:
-        header = f.readline().strip().split(",")
-    assert {"d_loss", "adv_loss", "val_mean_iou"} <= set(header)
-    model = load_model(str(run_dir / "best.keras"))
-    plain = kseg.create_model("unet", num_classes=4, input_shape=(32, 32, 3), base_filters=8, depth=2)
-    assert [layer.name for layer in model.layers] == [layer.name for layer in plain.layers]
-    assert not any(layer.name.startswith("disc") for layer in model.layers)
-    assert load_config(run_dir / "run.yaml")["train"]["trainer"] == {**ADVERSARIAL, "encoding": "product"}
-
-
-def test_interrupted_run_resumes_both_networks_and_optimizers(tmp_path, shapes):
-    saved = {}
-
-    class InterruptAfterBackup(keras.callbacks.Callback):
-        """Takes what the epoch-end backup holds (kseg's backup runs before user callbacks), then a Ctrl-C."""
-
-        def on_epoch_end(self, epoch, logs=None):
-            saved["backup"] = state_of(self.model)
+def test_interrupted_run_resumes_through_kseg_train_and_saves_the_plain_segmentor(tmp_path, shapes, capsys):
+    class CtrlC(keras.callbacks.Callback):
+        """Ctrl-C in epoch 2, after the epoch-end backup of epoch 1."""
 
         def on_train_batch_end(self, batch, logs=None):
             if int(self.model.optimizer.iterations) == 3:
                 raise KeyboardInterrupt
 
-    class Restored(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            saved.setdefault("restored", state_of(self.model))
-
     path = write_config(tmp_path, shapes)
-    cfg = load_config(path)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, verbose=0, callbacks=[InterruptAfterBackup()])
-    assert os.path.exists(tmp_path / "run" / "backup" / "state.json")
-    # Adam: iterations, learning rate, two moments per trainable variable (the discriminator's own optimizer too).
-    d_vars = len(saved["backup"]["discriminator"])
-    assert len(saved["backup"]["d_optimizer"]) == 2 + 2 * d_vars
-    assert int(saved["backup"]["d_optimizer"][0]) == 2  # D stepped with S: 2 steps in epoch 1
-
+        train(load_config(path), verbose=0, callbacks=[CtrlC()])
+    assert "epoch 2, step 0 (global step 2)" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="other settings.*train.trainer"):
         train(load_config(path, ["train.trainer.weight=0.2"]), verbose=0)
 
-    result = train(cfg, verbose=0, callbacks=[Restored()])
-    assert result["resumed_from"]["epoch"] == 1 and result["resumed_from"]["step"] == 0
-    assert result["steps"] == 4 and result["epochs_done"] == 2
-    for group, values in saved["backup"].items():
-        assert len(saved["restored"][group]) == len(values), group
-        for a, b in zip(values, saved["restored"][group]):
-            np.testing.assert_array_equal(a, b, err_msg=group)
+    assert kseg_main(["train", str(path), "--quiet"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "adversarial (weight 0.5, product encoding)" in out and "resuming epoch 2 at step 0/2" in out
+    run_dir = tmp_path / "run"
+    with open(run_dir / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["epoch"]), int(r["step"])) for r in rows] == [(1, 2), (2, 4)]
+    assert all(np.isfinite(float(r["d_loss"])) and r["val_mean_iou"] != "" for r in rows)
+    assert not (run_dir / "backup").exists()
+    # The saved model is the segmentor: kseg's loader reads it, and it has exactly the plain U-Net's layers.
+    model = load_model(str(run_dir / "best.keras"))
+    plain = kseg.create_model("unet", num_classes=4, input_shape=(32, 32, 3), base_filters=8, depth=2)
+    assert [layer.name for layer in model.layers] == [layer.name for layer in plain.layers]
+    assert load_config(run_dir / "run.yaml")["train"]["trainer"] == {**ADVERSARIAL, "encoding": "product"}
 
 
 def test_config_checks_the_trainer_options(tmp_path, shapes):
