@@ -6,6 +6,7 @@ import re
 import pytest
 
 import kseg
+import data_fixtures
 from data_fixtures import write_cityscapes, write_isbi, write_nifti, write_voc
 from kseg.config import load_config
 
@@ -16,6 +17,10 @@ NAME = re.compile(r"^(?P<model>[a-z0-9]+)(_(?P<backbone>[a-z0-9]+))?_(?P<dataset
 # ISBI has 30 training images; the configs split them by index
 FIXTURES = {"voc": write_voc, "cityscapes": write_cityscapes, "isbi": lambda tmp: write_isbi(tmp, n=30),
             "nifti": lambda tmp: write_nifti(tmp, n=2, channels=2)}
+# Datasets II: every format's fixture writer is data_fixtures.write_<format>
+FIXTURES.update({fmt: getattr(data_fixtures, f"write_{fmt}") for fmt in (
+    "pascal_context", "coco", "coco_stuff", "ade20k", "stanford_background", "nyudv2", "sunrgbd", "scannet", "sun3d",
+    "uwrgbd", "stanford2d3d", "shapenet_part", "sydney_urban")})
 
 
 def test_there_are_configs():

@@ -84,3 +84,18 @@ def test_show_writes_a_grid_with_overlays(tmp_path, fmt):
     assert main(["data", "show", str(root), "--format", fmt, "--out", str(out), "--num", "2"]) == 0
     grid = cv2.imread(str(out))
     assert grid is not None and grid.shape[0] > fx.H and grid.std() > 0
+
+
+def test_check_a_config_file_with_overrides(tmp_path, capsys):
+    import yaml
+
+    root, _ = fx.write_nyudv2(tmp_path)
+    config = tmp_path / "nyu.yaml"
+    config.write_text(yaml.safe_dump({"model": {"name": "unet"}, "data": {
+        "format": "nyudv2", "root": "/nonexistent", "image_size": [24, 32], "splits": {"train": "train", "val": "test"}}}))
+    assert main(["data", "check", str(config), f"data.root={root}", "data.num_classes=13", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "nyudv2" in out and "13 classes" in out and "split train: 3 samples" in out and "split val: 1 samples" in out
+    assert "faults: 0" in out
+    assert main(["data", "check", str(config), f"data.root={root}", "--format", "voc"]) == 2  # config: nyudv2
+    assert "data.format is 'nyudv2' but --format says 'voc'" in capsys.readouterr().err

@@ -8,7 +8,7 @@ raw intensities, ``label int32 (B, D, H, W))`` (`kseg.data.volumes`).
 Data config schema (the ``data:`` section of an experiment file; defaults after ``=``)::
 
     data:
-      format: isbi            # folder | voc | sbd | cityscapes | isbi | synthetic | nifti  (list_formats())
+      format: isbi            # list_formats(); `kseg data formats` and docs/datasets.md describe each layout
       root: ../shared/data/isbi2012-membrane
                               # relative: to the current directory, else to the config file's folder
       image_size: [256, 256]  # [H, W] (or one int) every sample is brought to
@@ -45,6 +45,12 @@ Data config schema (the ``data:`` section of an experiment file; defaults after 
         elastic: {alpha: 34, sigma: 4, p: 1.0}   # pixels at image_size; per sample (crop), OpenCV
         fill: constant        # borders: constant (image 0, label ignore) | reflect
 
+RGB-D formats (nyudv2, sunrgbd, scannet, sun3d, uwrgbd, stanford2d3d) add depth channels after RGB
+(`kseg.data.depth`); ``channels`` is then set for the trainer (3, 4 or 6)::
+
+      depth: raw              # = raw (4 channels) | hha (6) | none (RGB only)
+      max_depth: 10.0         # metres mapped to 255 by raw depth
+
 Volumes (``format: nifti``, the Medical Segmentation Decathlon layout ``imagesTr/<case>.nii.gz`` +
 ``labelsTr/<case>.nii.gz``; needs nibabel and scipy) replace ``image_size`` by ``volume_size`` and take
 their own augmentations; crop_size is [D, H, W]; crop_pad, cache, splits, num_classes, ignore_index,
@@ -67,6 +73,10 @@ image_dir and mask_dir mean the same as for images::
         rotate: 0.03          # max axial rotation, fraction of a full turn; = 0
         intensity_scale: 0.1  # image x U(1 - s, 1 + s) per channel; = 0
         intensity_shift: 0.1  # image + U(-t, t) x its standard deviation per channel; = 0
+
+Point clouds (``format: shapenet_part | sydney_urban``) are voxelised (`kseg.data.formats_3d`): like volumes they
+take ``volume_size`` and the volume augmentations, plus ``voxel_size: 0.0625`` (required; the clouds' units),
+one channel (occupancy).
 
 Errors a user can fix are `kseg.errors.ConfigError` (the config) and `kseg.errors.DataError`
 (``"<file>: <problem>; <what to do>"``). Decode errors happen inside tf.data; `data_errors()`

@@ -58,7 +58,8 @@ def validate_data_config(cfg, base_dir=None):
     cfg["ignore_index"] = _int(cfg.get("ignore_index", 255), "data.ignore_index")
     if 0 <= cfg["ignore_index"] < cfg["num_classes"]:
         raise ConfigError(f"data.ignore_index {cfg['ignore_index']} is a class id (num_classes "
-                          f"{cfg['num_classes']}); use 255")
+                          f"{cfg['num_classes']}); use "
+                          + ("255" if cfg["num_classes"] <= 255 else "a value past the classes, e.g. 65535"))
     cfg["resize"] = _choice(cfg.get("resize", "stretch"),
                             ("stretch", "letterbox", "center") if fmt.volumetric else ("stretch", "letterbox"),
                             "data.resize")

@@ -59,7 +59,7 @@ def hha(depth, intrinsics):
     height = np.where(valid, (y[valid].max() if valid.any() else 0.0) - y, 0.0) * 85.0
     du = np.gradient(points, axis=1)
     dv = np.gradient(points, axis=0)
-    normal = np.cross(du, dv)
+    normal = np.cross(dv, du)
     normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-9)
     # up is -y; the normals of a depth map face the camera (negative z), whatever the orientation of the surface
     angle = np.degrees(np.arccos(np.clip(-normal[..., 1], -1.0, 1.0)))

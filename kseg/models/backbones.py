@@ -41,8 +41,12 @@ in [0, 255]:
   those statistics: a network trained with other input statistics is refused rather than fed the wrong input.
   With ``weights=None`` the same fixed normalisation is used.
 
-Only 3-channel inputs are supported for now (the caffe means and pretrained first convs are RGB); build RGB-D
-models without a backbone.
+Extra input channels (RGB-D: raw depth 4 channels, HHA 6; `kseg.data.depth` puts them on the [0, 255] scale of
+RGB): the application is built for 3 channels (so that pretrained weights load unchanged) and rebuilt on the
+C-channel input; the first conv's kernel keeps its RGB weights and each extra channel gets the **mean of the
+three RGB kernels** (the usual cross-modality initialisation, e.g. Gupta et al. 2014 and the RGB-D fusion
+literature), so a pretrained network starts by reading depth as it reads intensity. The ``{name}_preprocess``
+scale and offset of an extra channel are the mean of the RGB ones.
 """
 
 import math
@@ -210,7 +214,8 @@ def build_backbone(name, inputs, weights=None, output_stride=32, keras_module=No
 
     Args:
         name: one of ``list_backbones()``.
-        inputs: the model's image tensor, raw RGB in [0, 255], static shape ``(B, H, W, 3)``.
+        inputs: the model's image tensor, raw RGB in [0, 255], static shape ``(B, H, W, C)``: C = 3, or more for
+            RGB-D (extra channels after RGB, first conv initialised as in the module docstring).
         weights: ``None`` (random init; nothing downloads), ``"imagenet"`` (downloaded by keras.applications,
             needs internet), or the path of a local weights file. A file is matched by layer name: a legacy
             ``.h5`` (``keras.applications`` downloads, tf_keras ``save_weights``, Keras ``model.save("x.h5")``), or
@@ -246,9 +251,10 @@ def build_backbone(name, inputs, weights=None, output_stride=32, keras_module=No
     if output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
     shape = tuple(inputs.shape[1:])
-    if shape[-1] != 3:
-        raise ValueError(f"backbone {name!r} takes 3-channel RGB input, got input shape {shape}; "
-                         "for other channel counts build the model with backbone=None")
+    channels = shape[-1]
+    if channels is None or channels < 3:
+        raise ValueError(f"backbone {name!r} takes RGB input plus optional extra channels (RGB-D), got input shape "
+                         f"{shape}; for fewer than 3 channels build the model with backbone=None")
     spec = _SPECS[name]()
     fixed = spec.get("application_kwargs", {})
     clash = sorted(set(fixed) & set(application_kwargs))
@@ -259,7 +265,7 @@ def build_backbone(name, inputs, weights=None, output_stride=32, keras_module=No
     if weights not in (None, "imagenet") and not os.path.isfile(os.fspath(weights)):
         raise ModelFileError(f"backbone weights file not found: {weights} (pass weights=None, 'imagenet' or a path)")
     application = getattr(K.applications, spec["application"])(
-        input_shape=shape, include_top=False, weights=app_weights, **fixed, **application_kwargs)
+        input_shape=shape[:-1] + (3,), include_top=False, weights=app_weights, **fixed, **application_kwargs)
     if weights not in (None, "imagenet"):
         _load_weights_file(application, os.fspath(weights))
     if weights is not None and "check_weights" in spec:
@@ -267,14 +273,31 @@ def build_backbone(name, inputs, weights=None, output_stride=32, keras_module=No
     if "graph" in spec:
         application = spec["graph"](K, application, **application_kwargs)
 
-    scale, offset = _PREPROCESS[spec["preprocess"]]
+    scale, offset = (_extra_channels(v, channels) for v in _PREPROCESS[spec["preprocess"]])
     x = K.layers.Rescaling(scale, offset=offset, name=f"{name}_preprocess")(inputs)
     layers = _rebuild(application, x, _dilation_overrides(application, spec["stages"], output_stride),
                       spec.get("replaces", ()))
     if spec["preprocess"] == "caffe" and weights is not None:
         kernel, *rest = layers[spec["first_conv"]].get_weights()
-        layers[spec["first_conv"]].set_weights([kernel[:, :, ::-1, :], *rest])
+        kernel[:, :, :3] = kernel[:, :, 2::-1]  # BGR -> RGB; extra channels (their mean) stay
+        layers[spec["first_conv"]].set_weights([kernel, *rest])
     return {f"P{k}": layers[layer].output for k, layer in enumerate(spec["features"], start=1)}
+
+
+def _extra_channels(value, channels):
+    """A per-channel preprocessing constant for ``channels`` inputs: extra channels get the RGB mean."""
+    if np.ndim(value) == 0 or channels == 3:
+        return value
+    return list(value) + [float(np.mean(value))] * (channels - 3)
+
+
+def _widen_input_kernel(weights, shapes):
+    """The weights of a first conv built for 3 input channels, for a layer that takes more: the RGB kernels are
+    kept, every extra input channel gets their mean."""
+    kernel, *rest = weights
+    extra = shapes[0][2] - kernel.shape[2]
+    mean = kernel.mean(axis=2, keepdims=True)
+    return [np.concatenate([kernel] + [mean] * extra, axis=2), *rest]
 
 
 # {name}_preprocess as (scale, offset) of a Rescaling on raw RGB in [0, 255]
@@ -417,7 +440,11 @@ def _rebuild(application, x, overrides, replaces=()):
         config.update(overrides.get(old.name, {}))
         new = type(old).from_config(config)
         tensors[old.name] = new(args[0] if len(args) == 1 else args)
-        new.set_weights(old.get_weights())
+        weights = old.get_weights()
+        shapes = [tuple(w.shape) for w in new.get_weights()]
+        if weights and shapes != [w.shape for w in weights] and len(shapes[0]) == 4 and weights[0].shape[2] == 3:
+            weights = _widen_input_kernel(weights, shapes)  # the first conv on an RGB-D input
+        new.set_weights(weights)
         layers[old.name] = new
     return layers
 
