@@ -123,7 +123,8 @@ def test_interrupted_run_resumes_through_kseg_train_and_saves_the_plain_segmento
             if int(self.model.optimizer.iterations) == 3:
                 raise KeyboardInterrupt
 
-    path = write_config(tmp_path, shapes)
+    # Training on crops: a full-size copy validates and is saved, filled by layer name through the wrapper.
+    path = write_config(tmp_path, {**shapes, "crop_size": [24, 24]})
     with pytest.raises(KeyboardInterrupt):
         train(load_config(path), verbose=0, callbacks=[CtrlC()])
     assert "epoch 2, step 0 (global step 2)" in capsys.readouterr().err
