@@ -47,7 +47,8 @@ def main(argv=None):
     runs = {}
     for trainer in ("standard", "adversarial"):
         overrides = [f"train.epochs={args.steps // args.steps_per_epoch}",
-                     f"train.steps_per_epoch={args.steps_per_epoch}", "train.time_budget_min=null", f"output.dir={os.path.join(args.out, trainer)}",
+                     f"train.steps_per_epoch={args.steps_per_epoch}", "train.time_budget_min=null",
+                     f"output.dir={os.path.join(args.out, trainer)}",
                      f"train.trainer.name={trainer}", *args.overrides]
         if trainer == "adversarial":
             overrides += [f"train.trainer.weight={args.weight}", f"train.trainer.encoding={args.encoding}"]
