@@ -1,6 +1,32 @@
-"""Pruning, clustering and quantization-aware training with tensorflow-model-optimization."""
+"""Pruning, clustering and quantization-aware training with tensorflow-model-optimization, in a worker process.
 
-from kseg.errors import ConfigError
+tfmot works only on tf_keras models, and importing it turns ``tf.keras`` into tf_keras for the whole process
+(DESIGN.md section 2). So the exporter builds the model's tf_keras twin here (``kseg.models.twin``), hands its
+weights and a pool of augmented training samples to ``python -m export.optimize_worker``, and takes back the
+stripped weights (moved into a Keras 3 copy of the model) or, after QAT, the int8 TFLite file.
+
+- Pruning: magnitude pruning (Zhu & Gupta, "To prune, or not to prune", arXiv 1710.01878) with tfmot's polynomial
+  decay schedule to the target sparsity, or 2:4 structured sparsity (two zeros in every four consecutive input
+  weights, the NVIDIA Ampere pattern; tfmot ``sparsity_m_by_n``).
+- Clustering: weight sharing (Han et al., "Deep Compression", ICLR 2016, arXiv 1510.00149), K centroids per kernel
+  initialised linearly over the weights' range (the paper's best), sparsity preserved after pruning.
+- QAT: fake-quantized fine-tuning (Jacob et al., "Quantization and Training of Neural Networks for Efficient
+  Integer-Arithmetic-Only Inference", CVPR 2018, arXiv 1712.05877), pruning / cluster preserving after those.
+
+Example:
+    >>> from export.api import export_model
+    >>> export_model("best.keras", "int8", config_path="unet.yaml", prune=0.75, fine_tune_steps=200)  # doctest: +SKIP
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+from kseg.errors import ConfigError, DataError
 
 
 def parse_prune(prune):
@@ -27,3 +53,101 @@ def check_options(prune, cluster, qat, mode):
         raise ConfigError(f"--cluster {cluster!r}: the number of clusters must be an integer >= 2")
     if qat and mode not in ("int8", "edgetpu"):
         raise ConfigError(f"--qat trains for int8 inference; use it with --to int8 or edgetpu, not {mode}")
+
+
+def fine_tune_pool(data_cfg, size, seed=0):
+    """``size`` augmented training samples at the model's input size (no random crops) as uint8 arrays: the
+    fine-tuning data handed to the worker process, which must not build Keras 3 input pipelines."""
+    from kseg.data import build_dataset
+
+    cfg = dict(data_cfg, crop_size=None)
+    xs, ys = [], []
+    for x, y in build_dataset(cfg, "train", batch_size=1, augment=bool(cfg.get("augment")), shuffle=True,
+                              repeat=True, seed=seed):
+        xs.append(np.clip(np.round(x.numpy()[0]), 0, 255).astype(np.uint8))
+        ys.append(y.numpy()[0].astype(np.uint8))
+        if len(xs) >= size:
+            break
+    if not xs:
+        raise DataError("the config's train split is empty: pruning, clustering and QAT fine-tune on it")
+    return np.stack(xs), np.stack(ys)
+
+
+def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=None, qat=False, steps=100,
+             batch_size=4, lr=2e-4, calibration=None, mode="int8", io_dtype="uint8", work_dir=None, verbose=True):
+    """Prune / cluster / QAT ``model`` on its tf_keras twin in a worker process; come back as TFLite.
+
+    Args:
+        model: the trained Keras 3 model.
+        model_name, builder_kwargs: how it was built (``create_model(model_name, **builder_kwargs)``).
+        data_cfg: the data section at the model's input size (fine-tuning data).
+        prune: a sparsity in (0, 1) or ``"2:4"``.
+        cluster: clusters per kernel (``None``: no clustering).
+        qat: quantization-aware training; the worker converts the QAT model to full int8.
+        steps, batch_size, lr: fine-tuning (Adam) for each of pruning, clustering and QAT.
+        calibration: representative images for the int8 conversion.
+        mode, io_dtype: the conversion (``export.convert.to_tflite``) of a pruned / clustered model.
+        work_dir: where the worker's temporary folder goes.
+
+    Returns:
+        A dict: ``tflite`` (bytes), ``keras_model`` (the Keras 3 model with the pruned / clustered weights; the
+        original model after QAT), per-layer ``sparsity`` and ``clusters``, ``m_by_n`` (2:4 share per layer),
+        ``custom_quantize_configs`` (QAT), the options, and ``gzip_ratio`` (gzip size of the result against the
+        gzip size of the dense model converted the same way).
+    """
+    import gzip
+
+    import keras
+
+    from export.convert import to_tflite
+    from kseg.models.registry import inference_model
+    from kseg.models.twin import build_twin, transfer_weights
+
+    prune = parse_prune(prune)
+    check_options(prune, cluster, qat, mode)
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    kwargs = dict(builder_kwargs, num_classes=int(model.outputs[0].shape[-1]), input_shape=shape)
+    twin = inference_model(build_twin(model_name, **kwargs))
+    transfer_weights(model, twin)
+    x, y = fine_tune_pool(data_cfg, max(16, min(256, steps * batch_size // 2)))
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix=".kseg-optimize-") as tmp:
+        twin.save_weights(os.path.join(tmp, "twin.h5"))
+        np.savez(os.path.join(tmp, "data.npz"), x=x, y=y)
+        job = {"model": model_name, "builder_kwargs": kwargs, "weights": os.path.join(tmp, "twin.h5"),
+               "data": os.path.join(tmp, "data.npz"), "prune": prune, "cluster": cluster, "qat": bool(qat),
+               "steps": int(steps), "batch_size": int(batch_size), "lr": float(lr), "io_dtype": io_dtype,
+               "out": tmp}
+        if qat:
+            np.save(os.path.join(tmp, "calibration.npy"), np.stack(calibration).astype(np.float32))
+            job["calibration"] = os.path.join(tmp, "calibration.npy")
+        with open(os.path.join(tmp, "job.json"), "w") as f:
+            json.dump(job, f)
+        if verbose:
+            print(f"fine-tuning the tf_keras twin in a worker process ({steps} steps per stage: "
+                  f"{', '.join(k for k, v in (('prune', prune), ('cluster', cluster), ('qat', qat)) if v)})")
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        run = subprocess.run([sys.executable, "-m", "export.optimize_worker", os.path.join(tmp, "job.json")],
+                             capture_output=True, text=True, env=env)
+        if run.returncode != 0:
+            raise RuntimeError(f"the optimization worker failed:\n{run.stderr[-4000:]}")
+        with open(os.path.join(tmp, "result.json")) as f:
+            result = json.load(f)
+        twin.load_weights(os.path.join(tmp, "optimized.weights.h5"))
+        optimized = keras.models.clone_model(model)
+        transfer_weights(twin, optimized)
+        qat_tflite = None
+        if qat:
+            with open(os.path.join(tmp, "qat.tflite"), "rb") as f:
+                qat_tflite = f.read()
+    convert_mode = "int8" if mode in ("int8", "edgetpu") else mode
+    dense = to_tflite(model, convert_mode, representative_data=calibration, io_dtype=io_dtype)
+    if qat:
+        tflite, reference = qat_tflite, model
+    else:
+        tflite = to_tflite(optimized, convert_mode, representative_data=calibration, io_dtype=io_dtype)
+        reference = optimized
+    result.update(tflite=tflite, keras_model=reference, prune=prune, cluster=cluster, qat=bool(qat), steps=steps,
+                  gzip_ratio=len(gzip.compress(tflite, 9)) / len(gzip.compress(dense, 9)))
+    return result
