@@ -86,8 +86,12 @@ def test_layout_loads_its_fixture_and_trains_one_step(fmt, tmp_path):
             np.testing.assert_array_equal(label, expected_grid(data, expected[key]))
         else:
             np.testing.assert_array_equal(label, expected[key], err_msg=f"{fmt} {key}")
-    # one training step on an augmented batch of the config
-    images, labels = next(iter(build_dataset(data, split, batch_size=2, augment=True, seed=0)))
+    # one training step on a batch of the config (augmented where extra channels must go through augmentation)
+    augment = get_format(fmt).rgbd or get_format(fmt).points
+    images, labels = next(iter(build_dataset(dict(data, augment={"hflip": True, "brightness": 0.2}) if
+                                             get_format(fmt).rgbd else data, split, batch_size=2, augment=augment,
+                                             seed=0)))
+    assert images.shape[-1] == data["channels"]
     model = kseg.create_model(cfg["model"]["name"], num_classes=data["num_classes"],
                               input_shape=(*data["image_size"], data["channels"]),
                               **{k: v for k, v in cfg["model"].items() if k != "name"})

@@ -337,6 +337,15 @@ class ScanNetFormat(RgbdFormat):
             spec = f"scannetv2_{spec}.txt"
         return self._select(cfg, pairs, spec, split, scans)
 
+    def read_pair(self, cfg, image_ref, label_ref):
+        # The 2D label exports come at the colour size (1296 x 968) or at the benchmark's 640 x 480: the colour
+        # (and depth) image follows the label.
+        image = self.read_image(image_ref, cfg)
+        label = self.read_label(label_ref, cfg)
+        if image.shape[:2] != label.shape:
+            image = cv2.resize(image, label.shape[::-1], interpolation=cv2.INTER_AREA).reshape(*label.shape, -1)
+        return image, label
+
     def read_label(self, path, cfg):
         raw = read_mask(path).astype(np.int64)
         lut = _scannet_mapping(_find_up(path, "scannetv2-labels.combined.tsv"))
