@@ -497,8 +497,8 @@ class UwRgbdFormat(RgbdFormat):
 
 
 class Stanford2d3dFormat(RgbdFormat):
-    """Stanford 2D-3D-S, the 2D modalities: ``area_<n>/data/{rgb,depth,semantic}/<camera>_<room>_frame_<i>_domain_
-    {rgb,depth,semantic}.png`` (depth 16-bit in 1/512 m, 65535 missing; semantic: an RGB-encoded index
+    """Stanford 2D-3D-S, the 2D modalities: ``area_<n>/data/<kind>/<camera>_<room>_frame_<i>_domain_<kind>.png``
+    for kind rgb, depth, semantic (depth 16-bit in 1/512 m, 65535 missing; semantic: an RGB-encoded index
     R*65536 + G*256 + B into ``assets/semantic_labels.json``, whose entries ``<class>_<instance>_<room>_<area>``
     give the 13 classes; ``<UNK>`` and indices past the list are ignore), intrinsics from
     ``data/pose/*_pose.json`` (camera_k_matrix). Splits: areas (``area_5``, or ``area_1,area_2,...``; the common

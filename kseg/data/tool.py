@@ -228,7 +228,7 @@ def format_table():
         if fmt.class_counts:
             classes = " or ".join(map(str, fmt.class_counts))
         else:
-            classes = str(fmt.num_classes) if fmt.num_classes else "config"
+            classes = str(fmt.num_classes or fmt.default_num_classes or "config")
         layout = re.split(r"(?<! al)\.\s", " ".join((fmt.__doc__ or "").split()))[0].replace("``", "")
         rows.append((name, fmt.kind, classes, layout))
     width = max(len(r[0]) for r in rows)
