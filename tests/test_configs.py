@@ -11,8 +11,10 @@ from data_fixtures import write_cityscapes, write_isbi, write_nifti, write_voc
 from kseg.config import load_config
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-# Volumes: {D}x{H}x{W}.
-NAME = re.compile(r"^(?P<model>[a-z0-9]+)(_(?P<backbone>[a-z0-9]+))?_(?P<dataset>[a-z0-9]+)"
+# The model part is a registered name (some have underscores, e.g. attention_to_scale), longest first; backbone
+# and dataset have none, so the split is unambiguous. Volumes: {D}x{H}x{W}.
+_MODEL_NAMES = "|".join(re.escape(n) for n in sorted(kseg.list_models(), key=len, reverse=True))
+NAME = re.compile(rf"^(?P<model>{_MODEL_NAMES})(_(?P<backbone>[a-z0-9]+))?_(?P<dataset>[a-z0-9]+)"
                   r"-((?P<d>\d+)x)?(?P<h>\d+)x(?P<w>\d+)$")
 # ISBI has 30 training images; the configs split them by index
 FIXTURES = {"voc": write_voc, "cityscapes": write_cityscapes, "isbi": lambda tmp: write_isbi(tmp, n=30),
@@ -30,7 +32,8 @@ def test_there_are_configs():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_is_named_and_valid(path, tmp_path):
     parts = NAME.match(path.stem)
-    assert parts, f"{path.name} does not follow {{model}}_{{backbone}}_{{dataset}}-{{H}}x{{W}}.yaml"
+    assert parts, (f"{path.name} does not follow {{model}}_{{backbone}}_{{dataset}}-{{H}}x{{W}}.yaml "
+                   "with a name from kseg.list_models()")
     text = path.read_text()
     fmt = re.search(r"^\s+format:\s*(\w+)", text, re.M).group(1)
     overrides = []

@@ -38,6 +38,14 @@ SMALL_CONFIGS = {
     "crfasrnn": dict(num_classes=3, input_shape=(64, 64, 3), backbone="mobilenetv2", iterations=2, window=3,
                      spatial_weight=1.0, bilateral_weight=1.0, base_kwargs={"fc_filters": 16, "dropout": 0.0},
                      backbone_kwargs={"alpha": 0.35}),
+    "reseg": dict(num_classes=3, input_shape=(64, 64, 3), backbone="mobilenetv2", renet_units=(8, 8),
+                  upsample_filters=8, backbone_kwargs={"alpha": 0.35}),
+    "attention_to_scale": dict(num_classes=3, input_shape=(64, 64, 3), backbone="mobilenetv2", fc_filters=16,
+                               attention_filters=8, dropout=0.0, backbone_kwargs={"alpha": 0.35}),
+    "ran": dict(num_classes=3, input_shape=(64, 64, 3), backbone="mobilenetv2", head_filters=16, dropout=0.0,
+                backbone_kwargs={"alpha": 0.35}),
+    "danet": dict(num_classes=3, input_shape=(64, 64, 3), backbone="mobilenetv2", inter_filters=16, dropout=0.0,
+                  backbone_kwargs={"alpha": 0.35}),
 }
 # V-Net takes volumes (D, H, W, C).
 SMALL_CONFIGS["vnet"] = dict(num_classes=3, input_shape=(16, 16, 16, 1), base_filters=4, depth=2, kernel_size=3,
@@ -415,6 +423,21 @@ def test_deeplabv3plus_backbone_twin_and_tflite(backbone):
     ("crfasrnn", dict(input_shape=(64, 64, 3), dilation=0), "dilation"),
     ("crfasrnn", dict(input_shape=(64, 64, 3), downsample=3), "divisible by 3"),
     ("crfasrnn", dict(input_shape=(48, 48, 3)), "divisible by 32"),
+    ("reseg", dict(input_shape=(60, 60, 3)), "divisible by 8"),
+    ("reseg", dict(input_shape=(64, 64, 3), cell="rnn"), "cell"),
+    ("reseg", dict(input_shape=(64, 64, 3), feature_level="P6"), "feature_level"),
+    ("reseg", dict(input_shape=(64, 64, 3), renet_units=(8, 0)), "renet_units"),
+    ("reseg", dict(input_shape=(64, 64, 3), patch_sizes=((2, 2),)), "patch_sizes"),
+    ("reseg", dict(input_shape=(64, 64, 3), patch_sizes=((2, 1), (1, 1))), "power of two"),
+    ("attention_to_scale", dict(input_shape=(64, 64, 3), scales=(1.0,)), "scales"),
+    ("attention_to_scale", dict(input_shape=(64, 64, 3), scales=(1.0, 0.75)), "scales"),
+    ("attention_to_scale", dict(input_shape=(64, 64, 3), scales=(0.5, 0.25)), "including 1.0"),
+    ("attention_to_scale", dict(input_shape=(72, 72, 3)), "divisible by 16"),
+    ("attention_to_scale", dict(input_shape=(64, 64, 3), attention_filters=0), "attention_filters"),
+    ("ran", dict(input_shape=(60, 60, 3)), "divisible by 8"),
+    ("ran", dict(input_shape=(64, 64, 3), head_filters=0), "head_filters"),
+    ("danet", dict(input_shape=(64, 64, 3), output_stride=32), "output_stride"),
+    ("danet", dict(input_shape=(64, 64, 3), inter_filters=4), "reduction"),
 ])
 def test_bad_arguments_raise_value_error(name, kwargs, message):
     with pytest.raises(ValueError, match=message):
