@@ -531,3 +531,23 @@ def write_sydney_urban(tmp_path):
     (root / "folds" / "fold0.txt").write_text("car.0.2446.bin\npedestrian.3.8244.bin\n")
     (root / "folds" / "fold1.txt").write_text("tree.11.270.bin\n")
     return root, clouds
+
+
+def write_shapenet_part_v0(tmp_path):
+    """The original ShapeNet part release: ``<synset>/points/<model>.pts`` (x y z) and ``points_label/<model>.seg``
+    (parts 1..k of the category). Returns ``{model: (points, global part labels)}``."""
+    root = tmp_path / "shapenetcore_partanno_segmentation_benchmark_v0"
+    shapes = {}
+    # Chair's parts are global 12-15 (after Airplane 4, Bag 2, Cap 2, Car 4); Airplane's 0-3
+    for i, (synset, model, parts, offset) in enumerate((("03001627", "1a6f615e8b1b5ae4dbbc9440457e303e", (1, 3), 12),
+                                                         ("02691156", "1a04e3eab45ca15dd86060f189eb133", (2, 4), 0))):
+        points, labels = _cloud(180 + i, labels=parts)
+        (root / synset / "points").mkdir(parents=True)
+        (root / synset / "points_label").mkdir()
+        np.savetxt(root / synset / "points" / f"{model}.pts", points, fmt="%.6f")
+        np.savetxt(root / synset / "points_label" / f"{model}.seg", labels, fmt="%d")
+        shapes[model] = (points, labels - 1 + offset)
+    (root / "train_test_split").mkdir()
+    (root / "train_test_split" / "shuffled_train_file_list.json").write_text(json.dumps(
+        [f"shape_data/03001627/{next(iter(shapes))}"]))
+    return root, shapes

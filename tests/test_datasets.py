@@ -272,3 +272,13 @@ def test_voxelised_labels_map_back_to_the_points(tmp_path):
     # a grid too small drops points: they map to ignore
     _, small, small_index = voxelize(points, labels, (2, 2, 2), 0.5)
     assert (point_labels(small, small_index)[small_index[:, 0] < 0] == 255).all() and (small_index[:, 0] < 0).any()
+
+
+def test_shapenet_part_original_release(tmp_path):
+    root, shapes = fx.write_shapenet_part_v0(tmp_path)
+    data = validate_data_config({"format": "shapenet_part", "root": str(root), "volume_size": VOLUME,
+                                 "voxel_size": 0.125, "splits": {"all": "0-1"}})
+    assert len(list_samples(data, "train")) == 1
+    for image_ref, label_ref in list_samples(data, "all"):
+        _, label = load_sample(data, image_ref, label_ref)
+        np.testing.assert_array_equal(label, expected_grid(data, shapes[fx.sample_key(image_ref)]))

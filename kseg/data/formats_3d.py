@@ -117,7 +117,10 @@ class ShapeNetPartFormat(PointCloudFormat):
     """ShapeNet part segmentation, the PointNet++ release (shapenetcore_partanno_segmentation_benchmark_v0_normal):
     ``<synset>/<model>.txt`` rows ``x y z nx ny nz part`` (part 0-49 over the 16 categories),
     ``synsetoffset2category.txt``, ``train_test_split/shuffled_{train,val,test}_file_list.json``
-    (``"shape_data/<synset>/<model>"`` entries). 50 part classes. Splits: train, val, test, or index ranges."""
+    (``"shape_data/<synset>/<model>"`` entries); or the original release (shapenetcore_partanno_segmentation_
+    benchmark_v0): ``<synset>/points/<model>.pts`` (x y z) with ``<synset>/points_label/<model>.seg`` (the
+    category's parts 1..k, made global in the same category order). 50 part classes. Splits: train, val, test, or
+    index ranges."""
 
     name = "shapenet_part"
     num_classes = 50
@@ -142,15 +145,44 @@ class ShapeNetPartFormat(PointCloudFormat):
                                 f"shapenetcore_partanno_segmentation_benchmark_v0_normal folder") from None
             pairs = []
             for entry in entries:
-                path = root / Path(*entry.split("/")[1:]).with_suffix(".txt")
-                if path.is_file():
-                    pairs.append((str(path), str(path)))
+                synset, model = entry.split("/")[-2:]
+                pair = self._pair(root, synset, model)
+                if pair:
+                    pairs.append(pair)
                 else:
-                    report(problems, f"{listing}: lists {entry} but {path} is missing; add the file")
+                    report(problems, f"{listing}: lists {entry} but neither {root / synset / model}.txt nor "
+                                     f"{root / synset / 'points' / model}.pts is there; add the file")
             return pairs
         synsets = {synset for _, synset, _ in SHAPENET_PARTS}
-        files = sorted((p for p in root.glob("*/*.txt") if p.parent.name in synsets), key=natural_key)
-        return pick_range([(str(p), str(p)) for p in files], spec, split, root)
+        found = sorted((p for p in list(root.glob("*/*.txt")) + list(root.glob("*/points/*.pts"))
+                        if (p.parent.name if p.suffix == ".txt" else p.parents[1].name) in synsets), key=natural_key)
+        pairs = []
+        for path in found:
+            synset = path.parent.name if path.suffix == ".txt" else path.parents[1].name
+            pair = self._pair(root, synset, path.stem)
+            if pair:
+                pairs.append(pair)
+            else:
+                report(problems, f"{path}: no part labels for these points; expected "
+                                 f"{root / synset / 'points_label' / path.stem}.seg")
+        return pick_range(pairs, spec, split, root)
+
+    @staticmethod
+    def _pair(root, synset, model):
+        """``(points, labels)`` files of a shape in either release, or None."""
+        txt = root / synset / f"{model}.txt"
+        if txt.is_file():
+            return str(txt), str(txt)
+        pts, seg = root / synset / "points" / f"{model}.pts", root / synset / "points_label" / f"{model}.seg"
+        return (str(pts), str(seg)) if pts.is_file() and seg.is_file() else None
+
+    def read_pair(self, cfg, image_ref, label_ref):
+        if image_ref == label_ref:
+            return super().read_pair(cfg, image_ref, label_ref)
+        points, labels = _read_pts_seg(image_ref, label_ref)
+        check_labels(labels, cfg["num_classes"], cfg["ignore_index"], label_ref)
+        image, label, _ = voxelize(points, labels, cfg["volume_size"], cfg["voxel_size"], cfg["ignore_index"])
+        return image, label
 
     def read_points(self, path, cfg):
         try:
@@ -205,6 +237,28 @@ class SydneyUrbanFormat(PointCloudFormat):
         data = _read_bin(path)
         points = np.stack([data["x"], data["y"], data["z"]], axis=-1).astype(np.float64)
         return points, np.full(len(points), SYDNEY_CLASSES.index(name), np.int32)
+
+
+def _read_pts_seg(pts, seg):
+    """Points of the original ShapeNet part release and their global part ids (category offset + part - 1)."""
+    synset = Path(pts).parents[1].name
+    offsets, start = {}, 0
+    for _, sid, parts in SHAPENET_PARTS:
+        offsets[sid] = (start, parts)
+        start += parts
+    try:
+        points = np.loadtxt(pts, dtype=np.float64, ndmin=2)
+        parts = np.loadtxt(seg, dtype=np.int64, ndmin=1)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{pts}: cannot read points or their labels ({exc}); expected 'x y z' rows and one part "
+                        f"number per line in {seg}") from None
+    if points.shape[1] != 3 or len(parts) != len(points):
+        raise DataError(f"{seg}: {len(parts)} part labels for {len(points)} points of {pts} (rows of 'x y z'); "
+                        f"the files must match line for line")
+    offset, count = offsets[synset]
+    if parts.min() < 1 or parts.max() > count:
+        raise DataError(f"{seg}: part numbers {parts.min()}-{parts.max()} outside 1-{count} of this category")
+    return points, (parts - 1 + offset).astype(np.int32)
 
 
 def _read_bin(path):
