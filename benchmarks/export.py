@@ -1,0 +1,159 @@
+"""Export benchmark: the issue-6 targets on U-Net and DeepLabV3+ MobileNetV2 trained on the ISBI membrane data, and
+the deployability matrix over every registered model.
+
+Targets (one run, per model): full-int8 file <= 0.27x float32; int8 latency <= 0.3x float32 (2 threads, this CPU);
+mIoU drop against float: PTQ int8 <= 1.0 point, QAT int8 <= 0.3 point; 75% sparsity within 1 point with the gzip'd
+int8 file <= 0.1x float32; EdgeTPU mode: 100% of ops mappable by the analyser.
+
+Each model is trained from scratch through ``kseg.train.train`` on ``configs/unet_membrane-512x512.yaml`` at
+``--size`` (default 256x256; DeepLabV3+ takes the config with its model section replaced) for ``--minutes``, then
+exported with ``export.api.export_model`` as float32, int8 (PTQ), int8 after QAT, int8 after 75% pruning, and
+edgetpu. Numbers go to ``<out>/export_benchmark.json`` and a markdown table on stdout (docs/export.md).
+
+Usage:
+    .venv/bin/python benchmarks/export.py [--minutes 3] [--size 256] [--steps 150] [--models unet,deeplabv3plus]
+    .venv/bin/python benchmarks/export.py --matrix          # the deployability matrix table (tests' small configs)
+
+The membrane data is expected in ``../shared/data/isbi2012-membrane``; without it the benchmark says so and exits 0.
+"""
+
+import argparse
+import gzip
+import json
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+MODELS = {"unet": None,  # the config's own U-Net (base 16, depth 4, BN, transposed convs)
+          "deeplabv3plus": {"name": "deeplabv3plus", "backbone": "mobilenetv2"}}
+
+
+def train_model(name, args, out):
+    import yaml
+
+    from kseg.config import load_config
+    from kseg.train import train
+
+    with open(os.path.join(REPO, "configs", "unet_membrane-512x512.yaml")) as f:
+        raw = yaml.safe_load(f)
+    raw["data"]["root"] = os.path.join(REPO, raw["data"]["root"]) if not os.path.isabs(raw["data"]["root"]) \
+        else raw["data"]["root"]
+    if MODELS[name] is not None:
+        raw["model"] = dict(MODELS[name])
+    raw["data"]["image_size"] = [args.size, args.size]
+    raw["data"]["crop_size"] = None
+    raw["train"]["time_budget_min"] = args.minutes
+    raw["output"] = {"dir": os.path.join(out, name)}
+    path = os.path.join(out, f"{name}.yaml")
+    os.makedirs(out, exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(raw, f)
+    start = time.perf_counter()
+    result = train(load_config(path), verbose=2)
+    return path, os.path.join(result["run_dir"], "best.keras"), time.perf_counter() - start
+
+
+def benchmark_model(name, args, out):
+    from export.api import export_model
+
+    config, model, train_s = train_model(name, args, out)
+    row = {"train_seconds": train_s}
+    runs = {"float32": dict(mode="float32"), "int8": dict(mode="int8"), "qat": dict(mode="int8", qat=True),
+            "pruned75": dict(mode="int8", prune=0.75), "edgetpu": dict(mode="edgetpu")}
+    for key, kw in runs.items():
+        start = time.perf_counter()
+        mode = kw.pop("mode")
+        r = export_model(model, mode, config_path=config, out_path=os.path.join(out, f"{name}_{key}.tflite"),
+                         num_calibration=args.calibration, fine_tune_steps=args.steps, verbose=False, **kw)
+        with open(r["path"], "rb") as f:
+            data = f.read()
+        stage = r["report"]["stages"][mode]
+        row[key] = {"size_bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9)), "miou": stage["miou"],
+                    "keras_miou": r["keras_miou"], "latency_ms": stage["latency_ms"],
+                    "agreement": stage["agreement"], "seconds": time.perf_counter() - start}
+        if mode == "edgetpu":
+            row[key]["edgetpu_mapped"] = r["edgetpu"].mapped_share
+        if "optimized" in r["report"]:
+            opt = r["report"]["optimized"]
+            row[key]["sparsity"] = opt.get("sparsity")
+        print(f"{name} {key}: {json.dumps({k: v for k, v in row[key].items() if k != 'sparsity'})}", flush=True)
+    return row
+
+
+def targets(row):
+    f32, int8, qat, pruned = row["float32"], row["int8"], row["qat"], row["pruned75"]
+    keras_miou = f32["keras_miou"]
+    return {
+        "int8 size <= 0.27x float32": (int8["size_bytes"] / f32["size_bytes"], 0.27),
+        "int8 latency (2 threads) <= 0.3x float32": (int8["latency_ms"]["2"] / f32["latency_ms"]["2"]
+                                                     if "2" in int8["latency_ms"] else
+                                                     int8["latency_ms"][2] / f32["latency_ms"][2], 0.3),
+        "PTQ int8 mIoU drop <= 1.0 point": (100 * (keras_miou - int8["miou"]), 1.0),
+        "QAT int8 mIoU drop <= 0.3 point": (100 * (keras_miou - qat["miou"]), 0.3),
+        "75% sparsity mIoU drop <= 1 point": (100 * (keras_miou - pruned["miou"]), 1.0),
+        "75% sparse int8 gzip <= 0.1x float32": (pruned["gzip_bytes"] / f32["size_bytes"], 0.1),
+        "EdgeTPU ops mapped = 100%": (100 * row["edgetpu"]["edgetpu_mapped"], 100.0),
+    }
+
+
+def matrix():
+    """The deployability matrix over the registry (small configs of tests/test_models.py) as a markdown table."""
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    import kseg
+    from export.matrix import deployability
+    from test_models import SMALL_CONFIGS
+
+    lines = ["| model | float32 max err (rel.) | int8 mean err (of logit range) | int8 argmax agreement | "
+             "EdgeTPU ops mapped | supported | first op on the CPU |", "|---|---|---|---|---|---|---|"]
+    for name in kseg.list_models():
+        row = deployability(kseg.create_model(name, **SMALL_CONFIGS[name]))
+        fmt = lambda k, f: "fails" if row.get(k) is None else f.format(row[k])  # noqa: E731
+        lines.append(f"| {name} | {fmt('float32_error', '{:.1e}')} | {fmt('int8_error', '{:.3f}')} | "
+                     f"{fmt('int8_agreement', '{:.3f}')} | {fmt('edgetpu_mapped', '{:.0%}')} | "
+                     f"{fmt('edgetpu_supported', '{:.0%}')} | {row.get('split_op') or '-'} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
+    p.add_argument("--size", type=int, default=256, help="input size (square)")
+    p.add_argument("--steps", type=int, default=150, help="fine-tuning steps of QAT and pruning")
+    p.add_argument("--calibration", type=int, default=20, help="int8 calibration images")
+    p.add_argument("--models", default="unet,deeplabv3plus")
+    p.add_argument("--out", default=os.path.join("runs", "export-bench"))
+    p.add_argument("--matrix", action="store_true", help="print the deployability matrix instead")
+    args = p.parse_args(argv)
+    if args.matrix:
+        print(matrix())
+        return 0
+    data = os.path.join(REPO, "..", "shared", "data", "isbi2012-membrane", "train", "image")
+    if not os.path.isdir(data):
+        print(f"SKIPPED: ISBI 2012 membrane data not found at {data}")
+        return 0
+    load = os.getloadavg()[0]
+    results = {}
+    for name in args.models.split(","):
+        results[name] = benchmark_model(name, args, args.out)
+        results[name]["targets"] = {k: {"value": v, "target": t} for k, (v, t) in targets(results[name]).items()}
+    results["load_average_at_start"] = load
+    with open(os.path.join(args.out, "export_benchmark.json"), "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    print(f"\n| target | {' | '.join(args.models.split(','))} |\n|---|" + "---|" * len(args.models.split(",")))
+    for key in targets(results[args.models.split(",")[0]]):
+        cells = []
+        for name in args.models.split(","):
+            v, t = results[name]["targets"][key]["value"], results[name]["targets"][key]["target"]
+            met = v >= t if key.startswith("EdgeTPU") else v <= t
+            cells.append(f"{v:.3f} ({'met' if met else 'not met'})")
+        print(f"| {key} | {' | '.join(cells)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
