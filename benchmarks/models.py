@@ -46,6 +46,7 @@ ROWS = [
     ("fcn32s", "fcn32s", {}),
     ("fcn16s", "fcn16s", {}),
     ("fcn8s", "fcn8s", {}),
+    ("crfasrnn-fcn8s", "crfasrnn", {}),
     ("segnet", "segnet", {}),
     ("unet", "unet", {}),
     ("hrnetv2-w18", "hrnetv2", {"width": 18}),

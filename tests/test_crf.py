@@ -181,3 +181,19 @@ def test_unknown_refiner_is_a_clear_error(tiny_model, tmp_path, capsys):
     assert "unknown refiner 'no_such_refiner'" in err and "crf" in err, err
     with pytest.raises(ConfigError, match=r"\.tflite"):
         predictor(tmp_path / "model.tflite", refine="crf")
+
+
+def test_crf_rnn_layer_with_downsample_and_dilation_converts_to_builtin_tflite():
+    """The registry test converts ``crfasrnn`` at full resolution; the pooled-grid path adds AVERAGE_POOL_2D and
+    RESIZE_BILINEAR, checked here on a one-conv network (same tolerance and op rules as the registry)."""
+    import keras
+
+    from kseg.models.crf import CrfRnn
+    from model_case import run_tflite_test
+
+    image = keras.Input((16, 24, 3))
+    logits = keras.layers.Conv2D(3, 3, padding="same", name="net_logits")(
+        keras.layers.Rescaling(1 / 255.0, name="net_preprocess")(image))
+    outputs = CrfRnn(3, iterations=2, window=3, dilation=2, downsample=2, name="net_crf")([logits, image])
+    _, ops = run_tflite_test(keras.Model(image, outputs, name="net"))
+    assert ops["AVERAGE_POOL_2D"] and ops["RESIZE_BILINEAR"], dict(ops)

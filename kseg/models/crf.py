@@ -8,9 +8,9 @@ end to end with the network; the kernel widths theta are fixed, as in the paper.
 ``kseg.postprocess.crf.mean_field``, shared with the dense-CRF refiner, with its approximation: messages from a
 truncated ``window x window`` neighbourhood (optionally dilated, optionally on a downsampled grid), the local
 window of ConvCRF (Teichmann and Cipolla, BMVC 2019, arXiv 1805.04777), instead of the permutohedral lattice, whose
-scatter/gather ops do not convert to builtin TFLite ops. Cost per 512x512 image, 2 classes, 5 iterations, window 7,
-on this project's 2-core CPU: COST_FULL s at full resolution, COST_DS4 s with ``downsample=4``
-(``benchmarks/crf.py --timing``), on top of the base network.
+scatter/gather ops do not convert to builtin TFLite ops. Cost per 512x512 image, 5 iterations, window 7, on top of
+the base network (``benchmarks/crf.py --timing``, 2-core CPU shared with other jobs at load average 8-9): 2 classes
+3.4 s at full resolution, 0.36 s with ``downsample=4``; 21 classes 1.3 s with ``downsample=4``.
 
 Every op of the layer is builtin in TFLite (PAD, STRIDED_SLICE, MUL, ADD, SUB, SQUARED_DIFFERENCE, EXP, SUM, DIV,
 SOFTMAX, CONV_2D; AVERAGE_POOL_2D and RESIZE_BILINEAR with ``downsample``). It is written once with TensorFlow ops

@@ -23,11 +23,14 @@ neighbour); with ``downsample = s > 1`` the messages are computed on an ``s``-ti
 reach ``(window // 2) * dilation * downsample`` pixels, not the whole image: the long-range part of the appearance
 kernel (theta_alpha = 80 px) is cut off there.
 
-Cost per 512x512 image, 2 classes, 5 iterations, window 7, on this project's 2-core CPU (``benchmarks/crf.py
---timing``, TF graph mode): COST_FULL s at full resolution, COST_DS2 s with ``downsample=2``, COST_DS4 s with
-``downsample=4``; linear in the classes and iterations and in ``window**2 / downsample**2``. No maintained package
-does the exact inference for Python 3.11: pydensecrf, pydensecrf2 and SimpleCRF have no Python 3.11 wheel on PyPI
-(checked with ``pip download --only-binary=:all:``).
+Cost per 512x512 image, 5 iterations, window 7, TF graph mode (``benchmarks/crf.py --timing``), on this
+project's 2-core CPU while shared with other jobs (load average 8-9, so an idle machine is several times faster):
+2 classes 3.4 s at full resolution, 1.4 s with ``downsample=2``, 0.36 s with ``downsample=4``; 21 classes 4.8 s
+with ``downsample=2``, 1.3 s with ``downsample=4``. Linear in the classes and iterations and in
+``window**2 / downsample**2``.
+
+No maintained package does the exact inference for Python 3.11: pydensecrf, pydensecrf2 and SimpleCRF have no
+Python 3.11 wheel on PyPI (checked with ``pip download --only-binary=:all:``).
 
 Example:
     >>> import numpy as np
