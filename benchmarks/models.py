@@ -58,6 +58,11 @@ ROWS = [
     ("deeplabv3-resnet50", "deeplabv3", {"backbone": "resnet50"}),
     ("deeplabv3plus-mobilenetv2", "deeplabv3plus", {"backbone": "mobilenetv2"}),
     ("deeplabv3plus-resnet50", "deeplabv3plus", {"backbone": "resnet50"}),
+    ("reseg-gru", "reseg", {"cell": "gru"}),
+    ("reseg-lstm", "reseg", {"cell": "lstm"}),
+    ("attention_to_scale", "attention_to_scale", {}),
+    ("ran-resnet50", "ran", {"backbone": "resnet50"}),
+    ("danet-resnet50", "danet", {"backbone": "resnet50"}),
 ]
 
 

@@ -22,15 +22,17 @@ def reseg(num_classes, input_shape=(512, 512, 3), backbone="vgg16", feature_leve
     Each ReNet layer ``{name}_renet{i}`` cuts its input into non-overlapping ``patch_sizes[i]`` patches (flattened
     by a reshape), sweeps every column of patches with a bidirectional RNN (``{name}_renet{i}_vertical``, up and
     down) and then every row of the result (``{name}_renet{i}_horizontal``, left and right), so each output
-    position has seen the whole feature map. The RNNs are ``TimeDistributed(Bidirectional(GRU | LSTM))`` over rows,
-    with ``Permute`` for the columns: core layers in Keras 3 and tf_keras. The head upsamples by the total stride
+    position has seen the whole feature map. Each sweep is one ``Bidirectional(GRU | LSTM)`` run on all rows (or,
+    after a ``Permute``, all columns) at once by ``SequenceSweep``, which folds them into the batch; the same code
+    builds in Keras 3 and tf_keras. The head upsamples by the total stride
     with 3x3 stride-2 transposed convolutions (``{name}_up{j}``, ``upsample_filters`` each, ReLU) and ends with a
     1x1 classifier at the input size.
 
-    Deviations from the paper: the backbone runs with BatchNormalization-free VGG16 up to ``block3_conv3``
-    (stride 4, the paper's "first 7 layers") by default but may be any backbone level; the paper's upsampling
-    used its own per-dataset filter counts and kernel sizes, here one ``upsample_filters`` and 3x3 kernels; no
-    dropout or weight noise.
+    The default backbone level is VGG16's ``block3_conv3`` (``P2``, stride 4), the paper's "first 7 layers" of
+    VGG16; any backbone and level can be used.
+
+    Deviations from the paper: the paper's upsampling used per-dataset filter counts and kernel sizes, here one
+    ``upsample_filters`` and 3x3 kernels for every transposed convolution; no dropout or weight noise.
 
     Args:
         num_classes: number of output channels (logits).
