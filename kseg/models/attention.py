@@ -47,7 +47,7 @@ def attention_to_scale(num_classes, input_shape=(512, 512, 3), backbone="vgg16",
         input_shape: static ``(H, W, 3)``, raw RGB in [0, 255]; H and W divisible by ``output_stride / s`` for
             every scale ``s``.
         backbone: ``"vgg16"`` (the paper) or any name from ``list_backbones()``.
-        scales: 2 or 3 distinct input scales ``1 / k`` including 1.0; the first is the attention's order.
+        scales: 2 or 3 distinct input scales ``1 / k`` including 1.0, in the order of the attention's channels.
         output_stride: 8 (the paper) or 16.
         fc_filters: filters of fc6 and fc7 (1024 in LargeFOV).
         fc6_dilation: atrous rate of fc6 (12 in LargeFOV).
