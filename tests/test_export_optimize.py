@@ -11,7 +11,7 @@ import pytest
 
 from export.optimize import optimize
 from kseg.config import load_config
-from test_export import SIZE, trained  # noqa: F401  (the tiny trained U-Net fixture)
+from test_export import trained  # noqa: F401  (the tiny trained U-Net fixture)
 
 
 def _optimize(trained, **kw):  # noqa: F811
@@ -80,8 +80,10 @@ from export.optimize_worker import annotate_for_qat, quant, SCOPE
 from test_models import SMALL_CONFIGS
 from kseg.models.registry import inference_model, list_models
 from kseg.models.twin import build_twin
+import tf_keras
 verdicts = {{}}
 for name in list_models():
+    tf_keras.backend.clear_session()  # each model from a clean graph, as the worker process builds it
     try:
         annotated, c = annotate_for_qat(inference_model(build_twin(name, **SMALL_CONFIGS[name])))
         with quant.quantize_scope(SCOPE):
