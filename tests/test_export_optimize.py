@@ -24,7 +24,6 @@ def _optimize(trained, **kw):  # noqa: F811
     return model, optimize(model, "unet", kwargs, cfg["data"], work_dir=str(root), verbose=False, **kw)
 
 
-@pytest.mark.slow
 def test_prune_then_cluster_reach_sparsity_and_cluster_count_per_layer(trained):  # noqa: F811
     """75% magnitude pruning then 8 clusters (sparsity preserved): every pruned kernel is within 1% of 75% zeros
     and holds at most 8 distinct values; the weights come back into the Keras 3 model."""
