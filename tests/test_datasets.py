@@ -126,16 +126,10 @@ def _two_d_models():
     return [m for m in kseg.list_models() if m != "vnet"]
 
 
-# attention.py (another module) builds its shared scale network for 3-channel input (K.Input((None, None, 3)))
-_KNOWN_RGB_ONLY = {"attention_to_scale"}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("channels", [4, 6])
 @pytest.mark.parametrize("name", _two_d_models())
-def test_every_2d_model_takes_rgbd_input(name, channels, request):
-    if name in _KNOWN_RGB_ONLY:
-        request.applymarker(pytest.mark.xfail(reason="builds a 3-channel shared sub-network", strict=False))
+def test_every_2d_model_takes_rgbd_input(name, channels):
     _forward(name, channels)
 
 

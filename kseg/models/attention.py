@@ -79,9 +79,9 @@ def attention_to_scale(num_classes, input_shape=(512, 512, 3), backbone="vgg16",
     check_input_shape(input_shape, output_stride * max(factors),
                       f"output_stride={output_stride} at scale {min(scales)}")
 
-    # The shared network takes normalised images of any size: it is built on a (None, None, 3) input and cut
+    # The shared network takes normalised images of any size: it is built on a (None, None, C) input and cut
     # after the backbone's normalisation, which the outer model applies once, first, to the raw input.
-    raw = K.Input((None, None, 3), name=f"{name}_shared_image")
+    raw = K.Input((None, None, input_shape[-1]), name=f"{name}_shared_image")
     features = build_backbone(backbone, raw, weights=weights, output_stride=output_stride, keras_module=K,
                               **(backbone_kwargs or {}))
     fc7 = _fc_branch(K, features["P5"], fc_filters, fc6_dilation, dropout, False, name)
