@@ -61,7 +61,8 @@ def _parser():
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(s):
-        s.add_argument("model", help="the .tflite model (a MODEL.tflite.json beside it supplies labels and palette)")
+        s.add_argument("model", help="the .tflite model (its kseg metadata, or a MODEL.tflite.json beside it, "
+                                     "supplies labels and palette)")
         s.add_argument("--edgetpu", action="store_true", help="use a Coral EdgeTPU when one is attached")
         s.add_argument("--letterbox", action="store_true", help="keep the aspect ratio (pad) instead of stretching")
         s.add_argument("--labels", help="class names, one a line (overrides the model's metadata)")
