@@ -78,7 +78,7 @@ def main(argv=None):
 
     import kseg
 
-    missing = [n for n in kseg.list_models() if n not in {r[1] for r in ROWS} and not _is_volumetric(n)]
+    missing = [n for n in kseg.list_models(task="semantic") if n not in {r[1] for r in ROWS} and not _is_volumetric(n)]
     if missing:
         sys.exit(f"error: registered 2D models without a row in ROWS: {missing}; add them to {__file__}")
     rows = [r for r in ROWS if args.only is None or r[0] in args.only.split(",")]

@@ -11,11 +11,11 @@ Example:
 """
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "register_model", "__version__"]
+__all__ = ["create_model", "list_models", "model_task", "register_model", "__version__"]
 
 
 def __getattr__(name):
-    if name in ("create_model", "list_models", "register_model"):
+    if name in ("create_model", "list_models", "model_task", "register_model"):
         from kseg.models import registry
 
         return getattr(registry, name)

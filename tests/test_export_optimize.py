@@ -81,7 +81,7 @@ from kseg.models.registry import inference_model, list_models
 from kseg.models.twin import build_twin
 import tf_keras
 verdicts = {{}}
-for name in list_models():
+for name in list_models(task="semantic"):
     tf_keras.backend.clear_session()  # each model from a clean graph, as the worker process builds it
     try:
         annotated, c = annotate_for_qat(inference_model(build_twin(name, **SMALL_CONFIGS[name])))

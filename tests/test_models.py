@@ -53,7 +53,7 @@ SMALL_CONFIGS["vnet"] = dict(num_classes=3, input_shape=(16, 16, 16, 1), base_fi
 # A second, non-square size for the output-shape check (volumes: OTHER_SIZE_3D, D x H x W).
 OTHER_SIZE = (96, 128)
 OTHER_SIZE_3D = (8, 16, 24)
-MODELS = kseg.list_models()
+MODELS = kseg.list_models(task="semantic")
 
 
 def small_config(name):

@@ -5,12 +5,12 @@ import importlib
 import pkgutil
 
 from kseg.models.backbones import build_backbone, list_backbones
-from kseg.models.registry import create_model, inference_model, list_models, register_model
+from kseg.models.registry import create_model, inference_model, list_models, model_task, register_model
 
 _INFRASTRUCTURE = {"backbones", "blocks", "registry", "twin"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _INFRASTRUCTURE and not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["build_backbone", "create_model", "inference_model", "list_backbones", "list_models",
+__all__ = ["build_backbone", "create_model", "inference_model", "list_backbones", "list_models", "model_task",
            "register_model"]

@@ -3,16 +3,25 @@
 import fnmatch
 
 _MODELS = {}
+_TASKS = {}
+TASKS = ("semantic", "instance")
 
 
-def register_model(fn=None, *, name=None):
-    """Decorator registering a builder ``fn(num_classes, input_shape, **kw) -> keras.Model``."""
+def register_model(fn=None, *, name=None, task="semantic"):
+    """Decorator registering a builder ``fn(num_classes, input_shape, **kw) -> keras.Model``.
+
+    ``task`` says what the model predicts: ``"semantic"`` (per-pixel logits, the contract of docs/architecture.md)
+    or ``"instance"`` (detections with masks, Mask R-CNN), so that tools and tests pick the models they can handle.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
     def wrap(f):
         key = name or f.__name__
         if key in _MODELS and _MODELS[key] is not f:
             raise ValueError(f"model {key!r} is registered twice")
         _MODELS[key] = f
+        _TASKS[key] = task
         return f
 
     return wrap(fn) if fn is not None else wrap
@@ -22,10 +31,19 @@ def _load_builtin_models():
     import kseg.models  # noqa: F401  (registers the built-in builders on import)
 
 
-def list_models(pattern="*"):
-    """Sorted names of registered models, optionally filtered by a glob pattern."""
+def list_models(pattern="*", task=None):
+    """Sorted names of registered models, optionally filtered by a glob pattern and by task
+    (``"semantic"`` or ``"instance"``; None: all)."""
     _load_builtin_models()
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern) and task in (None, _TASKS[n]))
+
+
+def model_task(name):
+    """The task (``"semantic"`` or ``"instance"``) of a registered model."""
+    get_builder(name)
+    return _TASKS[name]
 
 
 def get_builder(name):
