@@ -299,6 +299,39 @@ def write_coco_stuff(tmp_path):
     return root, labels
 
 
+def write_coco_panoptic(tmp_path):
+    """``{train,val}2017/*.jpg``, ``annotations/panoptic_{train,val}2017.json`` (the 133 categories) and the
+    segment-id PNGs (id = R + 256 G + 256^2 B): train's in ``panoptic_train2017/`` (the detectron2 place), val's in
+    ``annotations/panoptic_val2017/`` (where the release's zip unpacks). Expected: contiguous ids in category-id
+    order, unlabelled (0) and crowd = 255."""
+    from kseg.data.formats_2d import COCO_PANOPTIC_STUFF, COCO_THINGS
+
+    root = tmp_path / "coco"
+    names = {**COCO_THINGS, **COCO_PANOPTIC_STUFF}
+    categories = [{"id": i, "name": n, "supercategory": "x", "isthing": int(i in COCO_THINGS)}
+                  for i, n in sorted(names.items())]
+    contiguous = {cid: k for k, cid in enumerate(sorted(names))}
+    labels = {}
+    for split, image_id, png_dir in (("train2017", 9, root / "panoptic_train2017"),
+                                     ("val2017", 139, root / "annotations" / "panoptic_val2017")):
+        # person, sky-other-merged, a crowd of cars, and unlabelled (0); ids use all three colour channels
+        segments = [(5 + 256 * 3 + 65536 * 2, 1, 0), (7, 187, 0), (300, 3, 1)]
+        choice = blocks(range(4), seed=75 + image_id)
+        ids = np.array([0] + [seg for seg, _, _ in segments], np.int64)[choice]
+        write_rgb(png_dir / f"{image_id:012d}.png", np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1)
+                  .astype(np.uint8))
+        write_rgb(root / split / f"{image_id:012d}.jpg", random_image(75 + image_id))
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / f"panoptic_{split}.json").write_text(json.dumps({
+            "images": [{"id": image_id, "file_name": f"{image_id:012d}.jpg", "height": H, "width": W}],
+            "annotations": [{"image_id": image_id, "file_name": f"{image_id:012d}.png", "segments_info": [
+                {"id": seg, "category_id": cat, "iscrowd": crowd, "bbox": [0, 0, 1, 1], "area": 1}
+                for seg, cat, crowd in segments]}],
+            "categories": categories}))
+        labels[f"{image_id:012d}"] = np.array([255, contiguous[1], contiguous[187], 255], np.int32)[choice]
+    return root, labels
+
+
 def write_ade20k(tmp_path):
     """``ADEChallengeData2016/images/{training,validation}/*.jpg`` + ``annotations/.../*.png`` (0 other, 1-150),
     ``objectInfo150.txt``."""
@@ -309,8 +342,8 @@ def write_ade20k(tmp_path):
         write_rgb(root / "images" / folder / f"{stem}.jpg", random_image(80 + i))
         write_gray(root / "annotations" / folder / f"{stem}.png", raw)
         labels[stem] = np.where(raw == 0, 255, raw.astype(np.int32) - 1)
-    rows = "".join(f"{k}\t0.01\t100\t10\tname{k};alias\n" for k in range(1, 151))
-    (root / "objectInfo150.txt").write_text("Idx\tRatio\tTrain\tVal\tName\n" + rows.replace("name1;", "wall;"))
+    rows = "".join(f"{k}\t0.01\t100\t10\tname{k}, alias\n" for k in range(1, 151))
+    (root / "objectInfo150.txt").write_text("Idx\tRatio\tTrain\tVal\tName\n" + rows.replace("name2,", "building,"))
     return tmp_path, labels
 
 

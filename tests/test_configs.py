@@ -21,8 +21,8 @@ FIXTURES = {"voc": write_voc, "cityscapes": write_cityscapes, "isbi": lambda tmp
             "nifti": lambda tmp: write_nifti(tmp, n=2, channels=2)}
 # Datasets II: every format's fixture writer is data_fixtures.write_<format>
 FIXTURES.update({fmt: getattr(data_fixtures, f"write_{fmt}") for fmt in (
-    "pascal_context", "coco", "coco_stuff", "ade20k", "stanford_background", "nyudv2", "sunrgbd", "scannet", "sun3d",
-    "uwrgbd", "stanford2d3d", "shapenet_part", "sydney_urban")})
+    "pascal_context", "coco", "coco_stuff", "coco_panoptic", "ade20k", "stanford_background", "nyudv2", "sunrgbd",
+    "scannet", "sun3d", "uwrgbd", "stanford2d3d", "shapenet_part", "sydney_urban")})
 
 
 def test_there_are_configs():

@@ -17,6 +17,7 @@ CASES = {
     "pascal_context": (fx.write_pascal_context, {}, "train"),
     "coco": (fx.write_coco, {}, "train"),
     "coco_stuff": (fx.write_coco_stuff, {}, "train"),
+    "coco_panoptic": (fx.write_coco_panoptic, {}, "train"),
     "ade20k": (fx.write_ade20k, {}, "train"),
     "stanford_background": (fx.write_stanford_background, {"splits": {"train": "0-1", "val": "2"}}, "train"),
     "nyudv2": (fx.write_nyudv2, {}, "train"),
@@ -276,3 +277,39 @@ def test_shapenet_part_original_release(tmp_path):
     for image_ref, label_ref in list_samples(data, "all"):
         _, label = load_sample(data, image_ref, label_ref)
         np.testing.assert_array_equal(label, expected_grid(data, shapes[fx.sample_key(image_ref)]))
+
+
+def test_coco_panoptic_val_pngs_under_annotations_and_json_class_names(tmp_path):
+    root, labels = fx.write_coco_panoptic(tmp_path)
+    data = validate_data_config({"format": "coco_panoptic", "root": str(root), "image_size": SIZE})
+    (image_ref, label_ref), = list_samples(data, "val")
+    assert "annotations/panoptic_val2017/000000000139.png" in label_ref
+    np.testing.assert_array_equal(load_sample(data, image_ref, label_ref)[1], labels["000000000139"])
+    from kseg.data import dataset_info
+
+    names = dataset_info(data)["class_names"]
+    assert len(names) == 133 and names[0] == "person" and names[80] == "banner" and names[-1] == "rug-merged"
+
+
+def test_coco_panoptic_segment_missing_from_the_json_is_a_fault(tmp_path):
+    from kseg.data.tool import check, data_config
+
+    root, _ = fx.write_coco_panoptic(tmp_path)
+    png = root / "annotations" / "panoptic_val2017" / "000000000139.png"
+    fx.write_rgb(png, np.full((fx.H, fx.W, 3), 9, np.uint8))  # id 9 + 256 * 9 + 65536 * 9, in no segments_info
+    (root / "train2017" / "000000000009.jpg").unlink()
+    problems = check(data_config(root, "coco_panoptic"), progress=False)["problems"]
+    assert any(p.startswith(str(png)) and "are not in segments_info" in p for p in problems), problems
+    assert any("000000000009.jpg is missing" in p for p in problems), problems
+
+
+def test_ade20k_names_from_object_info_and_the_challenge_palette(tmp_path):
+    from kseg.data import dataset_info
+    from kseg.data.formats_2d import ADE20K_PALETTE
+
+    root, _ = fx.write_ade20k(tmp_path)
+    info = dataset_info({"format": "ade20k", "root": str(root), "image_size": SIZE})
+    assert info["class_names"][:3] == ("name1", "building", "name3")  # first synonym of "building, alias"
+    assert info["palette"] == ADE20K_PALETTE
+    assert ADE20K_PALETTE[:3] == ((120, 120, 120), (180, 120, 120), (6, 230, 230))
+    assert ADE20K_PALETTE[-1] == (92, 0, 255) and len(ADE20K_PALETTE) == 150

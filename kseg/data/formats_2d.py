@@ -1,4 +1,5 @@
-"""2D scene-parsing layouts: PASCAL Context, MS COCO (instances), COCO-Stuff, ADE20K, Stanford Background.
+"""2D scene-parsing layouts: PASCAL Context, MS COCO (instances), COCO-Stuff, COCO panoptic (as semantic labels),
+ADE20K, Stanford Background.
 
 Each reads the files as their authors distribute them; class lists, ignore labels and id mappings are the
 authors' (references in each class). COCO polygons and RLE are decoded by pycocotools (the COCO authors' API).
@@ -6,12 +7,13 @@ authors' (references in each class). COCO polygons and RLE are decoded by pycoco
 
 import functools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
 from kseg.data.formats import Format, join_ref, report, split_ref, voc_palette
-from kseg.data.io import read_mask
+from kseg.data.io import read_image, read_mask
 from kseg.errors import DataError
 
 # PASCAL Context (Mottaghi et al., "The Role of Context for Object Detection and Semantic Segmentation in the Wild",
@@ -57,6 +59,20 @@ COCO_STUFF = (
     "vegetable", "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile", "wall-wood",
     "water-other", "waterdrops", "window-blind", "window-other", "wood")
 COCO_STUFF_IDS = tuple(sorted(COCO_THINGS)) + tuple(range(92, 183))
+# COCO panoptic (Kirillov et al., "Panoptic Segmentation", CVPR 2019, arXiv 1801.00868): the 53 stuff categories
+# of panoptic_{train,val}2017.json (some COCO-Stuff classes kept, others merged into "-merged" ones) by id; with the
+# 80 things, 133 categories.
+COCO_PANOPTIC_STUFF = {
+    92: "banner", 93: "blanket", 95: "bridge", 100: "cardboard", 107: "counter", 109: "curtain", 112: "door-stuff",
+    118: "floor-wood", 119: "flower", 122: "fruit", 125: "gravel", 128: "house", 130: "light", 133: "mirror-stuff",
+    138: "net", 141: "pillow", 144: "platform", 145: "playingfield", 147: "railroad", 148: "river", 149: "road",
+    151: "roof", 154: "sand", 155: "sea", 156: "shelf", 159: "snow", 161: "stairs", 166: "tent", 168: "towel",
+    171: "wall-brick", 175: "wall-stone", 176: "wall-tile", 177: "wall-wood", 178: "water-other",
+    180: "window-blind", 181: "window-other", 184: "tree-merged", 185: "fence-merged", 186: "ceiling-merged",
+    187: "sky-other-merged", 188: "cabinet-merged", 189: "table-merged", 190: "floor-other-merged",
+    191: "pavement-merged", 192: "mountain-merged", 193: "grass-merged", 194: "dirt-merged", 195: "paper-merged",
+    196: "food-other-merged", 197: "building-other-merged", 198: "rock-merged", 199: "wall-other-merged",
+    200: "rug-merged"}
 
 # ADE20K SceneParsing (Zhou et al., "Scene Parsing through ADE20K Dataset", CVPR 2017): the first name of each of
 # the 150 classes of objectInfo150.txt (read from the dataset folder when it is there).
@@ -76,6 +92,32 @@ ADE20K_CLASSES = (
     "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture",
     "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
     "bulletin board", "shower", "radiator", "glass", "clock", "flag")
+# The SceneParsing colours of the 150 classes (the devkit's color150, as MIT CSAIL's semantic-segmentation-pytorch
+# draws them), copied from OpenMMLab mmsegmentation mmseg/datasets/ade.py (ADE20KDataset.METAINFO["palette"],
+# commit 088894b), whose class tuple is the one above.
+ADE20K_PALETTE = (
+    (120, 120, 120), (180, 120, 120), (6, 230, 230), (80, 50, 50), (4, 200, 3), (120, 120, 80), (140, 140, 140),
+    (204, 5, 255), (230, 230, 230), (4, 250, 7), (224, 5, 255), (235, 255, 7), (150, 5, 61), (120, 120, 70),
+    (8, 255, 51), (255, 6, 82), (143, 255, 140), (204, 255, 4), (255, 51, 7), (204, 70, 3), (0, 102, 200),
+    (61, 230, 250), (255, 6, 51), (11, 102, 255), (255, 7, 71), (255, 9, 224), (9, 7, 230), (220, 220, 220),
+    (255, 9, 92), (112, 9, 255), (8, 255, 214), (7, 255, 224), (255, 184, 6), (10, 255, 71), (255, 41, 10),
+    (7, 255, 255), (224, 255, 8), (102, 8, 255), (255, 61, 6), (255, 194, 7), (255, 122, 8), (0, 255, 20),
+    (255, 8, 41), (255, 5, 153), (6, 51, 255), (235, 12, 255), (160, 150, 20), (0, 163, 255), (140, 140, 140),
+    (250, 10, 15), (20, 255, 0), (31, 255, 0), (255, 31, 0), (255, 224, 0), (153, 255, 0), (0, 0, 255),
+    (255, 71, 0), (0, 235, 255), (0, 173, 255), (31, 0, 255), (11, 200, 200), (255, 82, 0), (0, 255, 245),
+    (0, 61, 255), (0, 255, 112), (0, 255, 133), (255, 0, 0), (255, 163, 0), (255, 102, 0), (194, 255, 0),
+    (0, 143, 255), (51, 255, 0), (0, 82, 255), (0, 255, 41), (0, 255, 173), (10, 0, 255), (173, 255, 0),
+    (0, 255, 153), (255, 92, 0), (255, 0, 255), (255, 0, 245), (255, 0, 102), (255, 173, 0), (255, 0, 20),
+    (255, 184, 184), (0, 31, 255), (0, 255, 61), (0, 71, 255), (255, 0, 204), (0, 255, 194), (0, 255, 82),
+    (0, 10, 255), (0, 112, 255), (51, 0, 255), (0, 194, 255), (0, 122, 255), (0, 255, 163), (255, 153, 0),
+    (0, 255, 10), (255, 112, 0), (143, 255, 0), (82, 0, 255), (163, 255, 0), (255, 235, 0), (8, 184, 170),
+    (133, 0, 255), (0, 255, 92), (184, 0, 255), (255, 0, 31), (0, 184, 255), (0, 214, 255), (255, 0, 112),
+    (92, 255, 0), (0, 224, 255), (112, 224, 255), (70, 184, 160), (163, 0, 255), (153, 0, 255), (71, 255, 0),
+    (255, 0, 163), (255, 204, 0), (255, 0, 143), (0, 255, 235), (133, 255, 0), (255, 0, 235), (245, 0, 255),
+    (255, 0, 122), (255, 245, 0), (10, 190, 212), (214, 255, 0), (0, 204, 255), (20, 0, 255), (255, 255, 0),
+    (0, 153, 255), (0, 41, 255), (0, 255, 204), (41, 0, 255), (41, 255, 0), (173, 0, 255), (0, 245, 255),
+    (71, 0, 255), (122, 0, 255), (0, 255, 184), (0, 92, 255), (184, 255, 0), (0, 133, 255), (255, 214, 0),
+    (25, 194, 194), (102, 255, 0), (92, 0, 255))
 
 # Stanford Background (Gould et al., "Decomposing a Scene into Geometric and Semantically Consistent Regions",
 # ICCV 2009): region labels 0-7 of labels/*.regions.txt; -1 is "unknown".
@@ -279,6 +321,105 @@ class CocoStuffFormat(Format):
         return _lut_labels(read_mask(path), lut, path, "stuffthingmap")
 
 
+@functools.lru_cache(maxsize=4)
+def load_panoptic_json(path):
+    """The index of a COCO panoptic annotation file: ``annotations`` {image id: annotation with ``file_name``
+    (the PNG) and ``segments_info``}, ``categories`` [category entries in id order]. Cached."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        annotations = {int(a["image_id"]): a for a in data["annotations"]}
+        categories = sorted(data["categories"], key=lambda c: int(c["id"]))
+        images = {int(im["id"]): im for im in data["images"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: cannot read COCO panoptic annotations ({type(exc).__name__}: {exc}); expected "
+                        f"the panoptic_*.json of the COCO panoptic release") from None
+    return {"annotations": annotations, "categories": categories, "images": images}
+
+
+class CocoPanopticFormat(Format):
+    """COCO panoptic 2017 as semantic labels: ``{train,val}2017/*.jpg``, ``annotations/panoptic_{train,val}2017.json``
+    and the PNGs ``panoptic_{train,val}2017/*.png`` (in data.root or, unzipped where the release puts the zip, in
+    ``annotations/``) whose RGB encodes a segment id R + 256 G + 256^2 B, described by the json's
+    ``segments_info`` (category_id, iscrowd). The 133 categories (80 things, 53 stuff) become classes 0-132 in
+    category-id order; unlabelled pixels (id 0) and crowd segments are ignore. Splits: train, val (or a folder
+    name such as val2017)."""
+
+    name = "coco_panoptic"
+    num_classes = 133
+
+    def default_split(self, split):
+        return split
+
+    def _categories(self, cfg):
+        """The json's category entries (of the first split file found), else None."""
+        for name in ("val2017", "train2017"):
+            ann = Path(cfg["root"]) / "annotations" / f"panoptic_{name}.json"
+            if ann.is_file():
+                return load_panoptic_json(str(ann))["categories"]
+        return None
+
+    def class_names(self, cfg):
+        categories = self._categories(cfg)
+        if categories:
+            return tuple(c["name"] for c in categories)
+        names = {**COCO_THINGS, **COCO_PANOPTIC_STUFF}
+        return tuple(names[i] for i in sorted(names))
+
+    def palette(self, cfg):
+        # panopticapi's panoptic_coco_categories.json gives each category a colour; the release's json does not
+        categories = self._categories(cfg)
+        if categories and all("color" in c for c in categories):
+            return tuple(tuple(int(v) for v in c["color"]) for c in categories)
+        return voc_palette(133)
+
+    def _resolve(self, cfg, spec, split, problems=None):
+        root = Path(cfg["root"])
+        name = spec if spec[-1].isdigit() else f"{spec}2017"
+        ann = root / "annotations" / f"panoptic_{name}.json"
+        if not ann.is_file():
+            raise DataError(f"{ann}: COCO panoptic annotation file not found; data.root must hold annotations/, "
+                            f"{name}/ and panoptic_{name}/ (data.splits.{split} names the split, e.g. val2017)")
+        index = load_panoptic_json(str(ann))
+        if len(index["categories"]) != 133:
+            raise DataError(f"{ann}: {len(index['categories'])} categories, expected the 133 of COCO panoptic")
+        pngs = root / f"panoptic_{name}"
+        pngs = pngs if pngs.is_dir() else root / "annotations" / f"panoptic_{name}"
+        pairs = []
+        for image_id in sorted(index["images"]):
+            image = root / name / index["images"][image_id]["file_name"]
+            annotation = index["annotations"].get(image_id)
+            if not image.is_file():
+                report(problems, f"{ann}: lists image {image_id} but {image} is missing; add the image")
+            elif annotation is None:
+                report(problems, f"{ann}: image {image_id} ({image.name}) has no annotation entry; fix the file")
+            elif not (pngs / annotation["file_name"]).is_file():
+                report(problems, f"{image}: no panoptic PNG for this image; expected {pngs / annotation['file_name']}")
+            else:
+                pairs.append((str(image), join_ref(pngs / annotation["file_name"], ann, image_id)))
+        return pairs
+
+    def read_label(self, ref, cfg):
+        png, ann, image_id = split_ref(ref)
+        index = load_panoptic_json(ann)
+        rgb = read_image(png).astype(np.int64)
+        ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+        contiguous = {int(c["id"]): k for k, c in enumerate(index["categories"])}
+        segments = {0: cfg["ignore_index"]}  # id 0: unlabelled (VOID)
+        for segment in index["annotations"][int(image_id)]["segments_info"]:
+            category = int(segment["category_id"])
+            if category not in contiguous:
+                raise DataError(f"{ann}: segment {segment['id']} of image {image_id} has category {category}, "
+                                f"not among the json's categories; fix the annotation")
+            segments[int(segment["id"])] = cfg["ignore_index"] if segment.get("iscrowd") else contiguous[category]
+        found, inverse = np.unique(ids, return_inverse=True)
+        unknown = [int(i) for i in found if int(i) not in segments]
+        if unknown:
+            raise DataError(f"{png}: segment ids {unknown[:8]} are not in segments_info of image {image_id} in "
+                            f"{ann}; the PNG and the json do not match")
+        return np.array([segments[int(i)] for i in found], np.int32)[inverse].reshape(ids.shape)
+
+
 class Ade20kFormat(Format):
     """ADE20K SceneParsing (ADEChallengeData2016): ``images/{training,validation}/*.jpg`` with
     ``annotations/{training,validation}/*.png``; value 0 ("other") is ignore, 1-150 become classes 0-149.
@@ -301,14 +442,14 @@ class Ade20kFormat(Format):
 
     def class_names(self, cfg):
         info = Path(cfg["root"]) / "objectInfo150.txt"
-        if info.is_file():  # Idx  Ratio  Train  Val  Name (tab-separated; names "wall", "building;edifice", ...)
+        if info.is_file():  # Idx  Ratio  Train  Val  Name, tab-separated; synonyms "building, edifice"
             rows = [line.split("\t") for line in info.read_text().splitlines()[1:] if line.strip()]
-            if len(rows) == 150:
-                return tuple(row[-1].split(";")[0].strip() for row in rows)
+            if len(rows) == 150:  # (the devkit's objectInfo150.csv separates synonyms with ";")
+                return tuple(re.split(r"[,;]", row[-1])[0].strip() for row in rows)
         return ADE20K_CLASSES
 
     def palette(self, cfg):
-        return voc_palette(150)
+        return ADE20K_PALETTE
 
     def read_label(self, path, cfg):
         lut = np.full(256, -2, np.int32)
@@ -351,4 +492,5 @@ class StanfordBackgroundFormat(Format):
         return label
 
 
-FORMATS_2D = (PascalContextFormat(), CocoFormat(), CocoStuffFormat(), Ade20kFormat(), StanfordBackgroundFormat())
+FORMATS_2D = (PascalContextFormat(), CocoFormat(), CocoStuffFormat(), CocoPanopticFormat(), Ade20kFormat(),
+              StanfordBackgroundFormat())
