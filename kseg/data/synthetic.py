@@ -51,8 +51,8 @@ def generate(out_dir, num_images, image_size=(128, 128), num_classes=4, seed=0):
     height, width = image_size
     for i in range(num_images):
         rng = np.random.default_rng([seed, i])
-        shapes = [_random_shape(rng, num_classes, height, width) for _ in range(rng.integers(2, 7))]
-        image, mask = _render(_background(rng, height, width), shapes, rng)
+        shapes = [random_shape(rng, num_classes, height, width) for _ in range(rng.integers(2, 7))]
+        image, mask = _render(random_background(rng, height, width), shapes, rng)
         cv2.imwrite(str(out / "images" / f"{i:05d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(out / "masks" / f"{i:05d}.png"), mask)
     return out
@@ -74,8 +74,8 @@ def write_video(path, num_frames, size=(240, 320), seed=0, num_classes=4, fps=15
     """
     height, width = size
     rng = np.random.default_rng(seed)
-    background = _background(rng, height, width)
-    shapes = [_random_shape(rng, num_classes, height, width) for _ in range(rng.integers(3, 6))]
+    background = random_background(rng, height, width)
+    shapes = [random_shape(rng, num_classes, height, width) for _ in range(rng.integers(3, 6))]
     for shape in shapes:
         shape["velocity"] = rng.uniform(-0.02, 0.02, 2) * (width, height)
         shape["spin"] = rng.uniform(-0.05, 0.05)
@@ -124,7 +124,8 @@ def ensure_generated(cfg):
             raise
 
 
-def _random_shape(rng, num_classes, height, width):
+def random_shape(rng, num_classes, height, width):
+    """A random shape of a random kind 1..num_classes-1 (its kind, pose, colours and texture parameters)."""
     kind = int(rng.integers(1, num_classes))
     c1 = rng.integers(0, 256, 3)
     c2 = (c1 + rng.integers(70, 186, 3)) % 256  # a second colour far enough to show the texture
@@ -168,9 +169,27 @@ def _outline(kind, r):
 
 
 def _render(background, shapes, rng):
+    image, regions = render_layers(background, shapes, rng)
+    mask = np.zeros(background.shape[:2], np.uint8)
+    for shape, region in zip(shapes, regions):
+        mask[region] = shape["kind"]
+    return image, mask
+
+
+def render_layers(background, shapes, rng):
+    """Paints shapes over a background, later shapes on top, then blurs and adds noise.
+
+    Args:
+        background: float32 (H, W, 3), e.g. from `random_background`.
+        shapes: dicts from `random_shape`.
+        rng: numpy Generator (blur and noise).
+
+    Returns:
+        (image uint8 (H, W, 3), list of bool (H, W): the full region of each shape, before occlusion).
+    """
     height, width = background.shape[:2]
     image = background.copy()
-    mask = np.zeros((height, width), np.uint8)
+    regions = []
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     for shape in shapes:
         cos, sin = np.cos(shape["angle"]), np.sin(shape["angle"])
@@ -185,10 +204,10 @@ def _render(background, shapes, rng):
         t = _texture(_TEXTURES[shape["kind"] - 1], u, v, shape)[inside][:, None]
         c1, c2 = shape["colours"]
         image[inside] = c1 * (1 - t) + c2 * t
-        mask[inside] = shape["kind"]
+        regions.append(inside)
     image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.2))
     image = image + rng.normal(0, rng.uniform(2, 10), image.shape).astype(np.float32)
-    return np.clip(image, 0, 255).astype(np.uint8), mask
+    return np.clip(image, 0, 255).astype(np.uint8), regions
 
 
 def _texture(name, u, v, shape):
@@ -209,7 +228,7 @@ def _texture(name, u, v, shape):
     return 0.5 + 0.5 * np.sin(2 * np.pi * (u + 2 * np.sin(v / p)) / p)
 
 
-def _background(rng, height, width):
+def random_background(rng, height, width):
     """Two random colours mixed by low-frequency noise, plus fine grain."""
     c1, c2 = rng.integers(0, 256, (2, 3)).astype(np.float32)
     coarse = rng.uniform(0, 1, (height // 16 + 2, width // 16 + 2)).astype(np.float32)
