@@ -3,12 +3,13 @@
 Usage:
     kseg-edge run MODEL.tflite --source 0|video.mp4|rtsp://..|folder [--out out.mp4|outdir] [--headless]
                   [--threads N] [--edgetpu] [--alpha A] [--letterbox] [--mode overlay|mask|side] [--smooth S]
-                  [--labels FILE] [--realtime] [--max-frames N]
+                  [--labels FILE] [--realtime] [--max-frames N] [--score-threshold T]
     kseg-edge bench MODEL.tflite [--threads 1 2] [--frames N] [--size 640x480 1280x720]
 
 Live sources (cameras, streams) hand over the newest frame only; files are processed frame by frame
-(``--realtime`` plays them at their frame rate and drops what inference cannot keep up with). Errors a user can
-fix are printed on one line, exit code 2.
+(``--realtime`` plays them at their frame rate and drops what inference cannot keep up with). A Mask R-CNN export
+(metadata ``output_kind: instance``) shows each instance with its mask colour, contour, box, class and score. Errors
+a user can fix are printed on one line, exit code 2.
 
 Keys in the window: ``m`` next view (overlay / mask / side by side), ``s`` save the frame, ``q`` or Esc quit.
 """
@@ -24,10 +25,10 @@ import cv2
 import numpy as np
 
 from edge.pipeline import Pipeline, latency_ms
-from edge.runtime import Segmenter
+from edge.runtime import open_model
 from edge.sources import CaptureSource, Channel, open_source, start_stage
 from kseg import viz
-from kseg.errors import KsegError
+from kseg.errors import ConfigError, KsegError
 
 MODES = ("overlay", "mask", "side")
 VIDEO_EXTENSIONS = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
@@ -70,8 +71,11 @@ def _parser():
                        help="input pixels: raw ([0, 255], the kseg contract), unit ([0, 1]) or MEAN/STD with three "
                             "comma-separated values each, e.g. 123.7,116.3,103.5/58.4,57.1,57.4 (overrides the "
                             "model's metadata; for models exported elsewhere)")
-        s.add_argument("--output-kind", choices=("logits", "probabilities"),
-                       help="what the model outputs (overrides the metadata; one channel: threshold 0 or 0.5)")
+        s.add_argument("--output-kind", choices=("logits", "probabilities", "instance"),
+                       help="what the model outputs (overrides the metadata; one channel: threshold 0 or 0.5; "
+                            "instance: a Mask R-CNN with the detection outputs)")
+        s.add_argument("--score-threshold", type=float, default=0.5,
+                       help="instance models: detections scoring below this are not shown (default 0.5)")
 
     run = sub.add_parser("run", help="segment a camera, stream, video or image folder")
     model_args(run)
@@ -120,16 +124,21 @@ def _normalization(text):
 
 
 def _segmenter(args, threads, smoothing=0.0):
-    return Segmenter(args.model, num_threads=threads, edgetpu=args.edgetpu,
-                     resize="letterbox" if args.letterbox else "stretch", labels=args.labels, smoothing=smoothing,
-                     normalization=args.normalization, output_kind=args.output_kind)
+    try:
+        return open_model(args.model, num_threads=threads, edgetpu=args.edgetpu,
+                          resize="letterbox" if args.letterbox else "stretch", labels=args.labels,
+                          smoothing=smoothing, normalization=args.normalization, output_kind=args.output_kind,
+                          score_threshold=args.score_threshold)
+    except ValueError as e:  # an option that does not fit this model (--smooth on an instance model, a threshold)
+        raise ConfigError(f"{args.model}: {e}") from None
 
 
-def render(image, mask, mode, palette, alpha):
-    """The view of one BGR frame: the overlay, the colour mask alone, or frame and overlay side by side."""
+def render(image, result, mode, segmenter, alpha):
+    """The view of one BGR frame: the overlay (class colours, or instances with contours, class and score), the
+    colour mask alone, or frame and overlay side by side."""
     if mode == "mask":
-        return viz.colorize(mask, palette[:, ::-1])
-    view = viz.overlay(image, mask, alpha, palette)
+        return viz.colorize(result.mask, segmenter.palette[:, ::-1])
+    view = segmenter.draw(image, result, alpha)
     return np.concatenate([image, view], axis=1) if mode == "side" else view
 
 
@@ -246,7 +255,7 @@ def _loop(pipe, segmenter, sink, meter, args):
     mode = args.mode
     snapshots = args.out if sink and sink.fourcc is None else "."
     for out in pipe:
-        view = render(out.frame.image, out.result.mask, mode, segmenter.palette, args.alpha)
+        view = render(out.frame.image, out.result, mode, segmenter, args.alpha)
         meter.tick(out)
         draw_text(view, f"{meter.fps:.1f} FPS  {meter.latencies[-1]:.0f} ms  "
                         f"invoke {out.result.timings['invoke']:.1f} ms")
@@ -346,7 +355,7 @@ def _sequential(segmenter, video, out):
         ok, image = cap.read()
         if not ok:
             break
-        view = render(image, segmenter.segment(image).mask, "overlay", segmenter.palette, 0.5)
+        view = render(image, segmenter.segment(image), "overlay", segmenter, 0.5)
         if writer is None:
             writer = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (view.shape[1], view.shape[0]))
         writer.write(view)

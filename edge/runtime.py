@@ -1,7 +1,10 @@
-"""Segment camera frames with a ``.tflite`` model: pre-process, invoke, argmax, map back to the frame.
+"""Segment camera frames with a ``.tflite`` model: pre-process, invoke, argmax (or paste instance masks), map back
+to the frame.
 
 Never imports TensorFlow. The model follows docs/architecture.md: raw RGB pixels in (uint8 for int8 models, with
-scale 1 and zero point 0; float32 [0, 255] otherwise), logits ``(1, h, w, C)`` out.
+scale 1 and zero point 0; float32 [0, 255] otherwise), logits ``(1, h, w, C)`` out; an instance model (metadata
+``output_kind: instance``, Mask R-CNN) returns the detection contract instead (``InstanceSegmenter``, docs/maskrcnn.md).
+``open_model`` picks the right class from the metadata.
 
 Example:
     >>> seg = Segmenter("model.tflite", num_threads=2)
@@ -33,12 +36,17 @@ class Result:
     """One segmented frame.
 
     Attributes:
-        mask: ``(H, W)`` class ids at the frame's size (uint8, or int32 past 256 classes).
+        mask: ``(H, W)`` class ids at the frame's size (uint8, or int32 past 256 classes); from an instance model
+            the class of the best-scoring instance on each pixel (0 elsewhere).
         timings: milliseconds per stage: ``pre``, ``invoke``, ``post``.
+        instances: from an instance model, the detections at the frame's size: ``boxes`` float32 ``(N, 4)``
+            ``[y1, x1, y2, x2]`` pixels, ``scores`` float32 ``(N,)``, ``classes`` int32 ``(N,)``, ``masks`` bool
+            ``(N, H, W)``; ``None`` from a semantic model.
     """
 
     mask: np.ndarray
     timings: dict
+    instances: dict = None
 
 
 def read_metadata(model_path):
@@ -48,8 +56,9 @@ def read_metadata(model_path):
     Keys (all optional): ``labels`` (class names), ``palette`` (``[[r, g, b], ...]``), ``input_size`` (``[h, w]``),
     ``normalization`` (``"raw"``: pixels in [0, 255], the kseg contract; ``"unit"``: [0, 1]; or
     ``{"mean": [..], "std": [..]}`` applied to [0, 255] pixels), ``output_kind`` (``"logits"`` or
-    ``"probabilities"``; with one output channel it sets the foreground threshold, 0 or 0.5) and ``mode`` (the
-    export mode, e.g. ``"int8"``).
+    ``"probabilities"``; with one output channel it sets the foreground threshold, 0 or 0.5; ``"instance"``: a
+    Mask R-CNN with the detection outputs, ``InstanceSegmenter``), ``num_classes`` (instance models, background
+    included) and ``mode`` (the export mode, e.g. ``"int8"``).
     """
     meta = _embedded_metadata(model_path)
     source = f"{model_path} (embedded metadata)"
@@ -139,55 +148,30 @@ def _string(data, field):
     return data[start + 4:start + 4 + _u32(data, start)]
 
 
-class Segmenter:
-    """A TFLite segmentation model wrapped for BGR camera frames.
+class _FrameModel:
+    """What every kseg TFLite model shares: the interpreter, one ``(1, h, w, 3)`` image input, the input
+    normalisation and the frame -> input resize (``Segmenter`` and ``InstanceSegmenter`` add their outputs).
 
-    Args:
-        model_path: the ``.tflite`` file (its metadata, embedded or a sidecar ``.json``, supplies labels, palette
-            and the input normalisation; arguments given here override it).
-        num_threads: interpreter threads; ``None`` lets LiteRT decide.
-        edgetpu: use the Coral delegate when ``libedgetpu.so.1`` loads (falls back to the CPU).
-        resize: ``"stretch"`` the frame to the model input, or ``"letterbox"`` it (keep the aspect ratio, pad with
-            black; the padding is cut off the mask again).
-        labels: class names (a list, or a text file with one name a line).
-        smoothing: EMA weight of the previous frames' scores in [0, 1); 0 turns temporal smoothing off. Smoothing the
-            raw quantized scores gives the same argmax as smoothing dequantized ones (the map is affine).
-        normalization: how pixels in [0, 255] become the model's input (see ``read_metadata``); overrides the
-            metadata, for models exported elsewhere (a MediaPipe model takes ``"unit"``).
-        output_kind: ``"logits"`` or ``"probabilities"``; overrides the metadata.
+    Subclasses provide ``invoke(x) -> raw outputs``, ``_finish(raw, frame_size, box) -> (mask, instances)`` and
+    ``draw(frame, result, alpha) -> view``.
     """
 
-    def __init__(self, model_path, num_threads=None, edgetpu=False, resize="stretch", labels=None, smoothing=0.0,
-                 normalization=None, output_kind=None):
+    def __init__(self, model_path, meta, num_threads, edgetpu, resize, normalization):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-        if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-        model_path = os.fspath(model_path)
-        meta = read_metadata(model_path)
+        self.model_path = model_path
         self.interpreter = load_interpreter(model_path, num_threads=num_threads, edgetpu=edgetpu)
         self.input_details = self.interpreter.get_input_details()[0]
-        self.output_details = self.interpreter.get_output_details()[0]
-        in_shape, out_shape = self.input_details["shape"], self.output_details["shape"]
-        if len(in_shape) != 4 or in_shape[0] != 1 or in_shape[3] != 3 or len(out_shape) != 4:
-            raise ModelFileError(f"{model_path}: expected a (1, h, w, 3) image input and a (1, h, w, C) output, "
-                                 f"got {list(in_shape)} -> {list(out_shape)}")
+        in_shape = self.input_details["shape"]
+        if len(in_shape) != 4 or in_shape[0] != 1 or in_shape[3] != 3:
+            raise ModelFileError(f"{model_path}: expected a (1, h, w, 3) image input, got {list(in_shape)}")
         self.input_size = (int(in_shape[1]), int(in_shape[2]))
         if "input_size" in meta and tuple(meta["input_size"]) != self.input_size:
             raise ModelFileError(f"the metadata of {model_path} says input_size {meta['input_size']} but the model "
                                  f"takes {list(self.input_size)}; re-export the model")
-        self.num_classes = int(out_shape[3])
         self.resize = resize
-        self.smoothing = smoothing
-        self.labels = _labels(labels if labels is not None else meta.get("labels"), self.num_classes)
-        self.palette = np.asarray(meta["palette"], np.uint8) if "palette" in meta else viz.palette(len(self.labels))
         self._offset, self._scale = _normalization(
             normalization if normalization is not None else meta.get("normalization", "raw"), model_path)
-        output_kind = output_kind if output_kind is not None else meta.get("output_kind", "logits")
-        if output_kind not in OUTPUT_KINDS:
-            raise ModelFileError(f"{model_path}: output_kind must be one of {OUTPUT_KINDS}, got {output_kind!r}")
-        self._threshold = self._raw_threshold(0.5 if output_kind == "probabilities" else 0.0)
-        self._ema = None
 
     def segment(self, frame, rgb=False):
         """Segment one frame.
@@ -196,16 +180,17 @@ class Segmenter:
             frame: ``(H, W, 3)`` uint8 image, BGR as OpenCV captures it (``rgb=True`` for RGB images).
 
         Returns:
-            A ``Result`` whose mask has the frame's ``(H, W)``.
+            A ``Result`` whose mask has the frame's ``(H, W)`` (and, from an instance model, the instances).
         """
         t0 = time.perf_counter()
         x, box = self.preprocess(frame, rgb=rgb)
         t1 = time.perf_counter()
-        scores = self.invoke(x)
+        raw = self.invoke(x)
         t2 = time.perf_counter()
-        mask = self.postprocess(scores, frame.shape[:2], box)
+        mask, instances = self._finish(raw, frame.shape[:2], box)
         t3 = time.perf_counter()
-        return Result(mask, {"pre": 1e3 * (t1 - t0), "invoke": 1e3 * (t2 - t1), "post": 1e3 * (t3 - t2)})
+        return Result(mask, {"pre": 1e3 * (t1 - t0), "invoke": 1e3 * (t2 - t1), "post": 1e3 * (t3 - t2)},
+                      instances)
 
     def preprocess(self, frame, rgb=False):
         """Frame -> model input ``(1, h, w, 3)`` in the input dtype, and the ``(top, left, h, w)`` box the image
@@ -242,6 +227,47 @@ class Segmenter:
         info = np.iinfo(dtype)
         return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
 
+
+class Segmenter(_FrameModel):
+    """A TFLite segmentation model wrapped for BGR camera frames.
+
+    Args:
+        model_path: the ``.tflite`` file (its metadata, embedded or a sidecar ``.json``, supplies labels, palette
+            and the input normalisation; arguments given here override it).
+        num_threads: interpreter threads; ``None`` lets LiteRT decide.
+        edgetpu: use the Coral delegate when ``libedgetpu.so.1`` loads (falls back to the CPU).
+        resize: ``"stretch"`` the frame to the model input, or ``"letterbox"`` it (keep the aspect ratio, pad with
+            black; the padding is cut off the mask again).
+        labels: class names (a list, or a text file with one name a line).
+        smoothing: EMA weight of the previous frames' scores in [0, 1); 0 turns temporal smoothing off. Smoothing the
+            raw quantized scores gives the same argmax as smoothing dequantized ones (the map is affine).
+        normalization: how pixels in [0, 255] become the model's input (see ``read_metadata``); overrides the
+            metadata, for models exported elsewhere (a MediaPipe model takes ``"unit"``).
+        output_kind: ``"logits"`` or ``"probabilities"``; overrides the metadata.
+    """
+
+    def __init__(self, model_path, num_threads=None, edgetpu=False, resize="stretch", labels=None, smoothing=0.0,
+                 normalization=None, output_kind=None):
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+        model_path = os.fspath(model_path)
+        meta = read_metadata(model_path)
+        super().__init__(model_path, meta, num_threads, edgetpu, resize, normalization)
+        self.output_details = self.interpreter.get_output_details()[0]
+        out_shape = self.output_details["shape"]
+        if len(out_shape) != 4:
+            raise ModelFileError(f"{model_path}: expected a (1, h, w, C) output, got {list(out_shape)} "
+                                 "(an instance model needs output_kind 'instance' in its metadata)")
+        self.num_classes = int(out_shape[3])
+        self.smoothing = smoothing
+        self.labels = _labels(labels if labels is not None else meta.get("labels"), self.num_classes)
+        self.palette = np.asarray(meta["palette"], np.uint8) if "palette" in meta else viz.palette(len(self.labels))
+        output_kind = output_kind if output_kind is not None else meta.get("output_kind", "logits")
+        if output_kind not in OUTPUT_KINDS:
+            raise ModelFileError(f"{model_path}: output_kind must be one of {OUTPUT_KINDS}, got {output_kind!r}")
+        self._threshold = self._raw_threshold(0.5 if output_kind == "probabilities" else 0.0)
+        self._ema = None
+
     def invoke(self, x):
         """Run the model on a pre-processed input; returns the raw output ``(h, w, C)`` (quantized if int8)."""
         self.interpreter.set_tensor(self.input_details["index"], x)
@@ -274,6 +300,13 @@ class Segmenter:
             ids = cv2.resize(ids, (fw, fh), interpolation=cv2.INTER_NEAREST)
         return ids
 
+    def _finish(self, scores, frame_size, box):
+        return self.postprocess(scores, frame_size, box), None
+
+    def draw(self, frame, result, alpha=0.5):
+        """The class colours of ``result`` blended over the BGR ``frame``, with class boundaries."""
+        return viz.overlay(frame, result.mask, alpha, self.palette)
+
     def reset(self):
         """Forget the smoothing state (call on a scene cut or a new video)."""
         self._ema = None
@@ -283,8 +316,126 @@ class Segmenter:
         return value / scale + zero if self.output_details["dtype"] != np.float32 and scale else value
 
 
+DETECTION_OUTPUTS = ("boxes", "scores", "classes", "masks", "num_detections")
+
+
+class InstanceSegmenter(_FrameModel):
+    """A TFLite instance segmentation model (Mask R-CNN exported by ``kseg export``) wrapped for BGR camera frames.
+
+    The model holds the network and its post-processing up to non-maximum suppression; it returns the detection
+    contract (docs/maskrcnn.md) as named signature outputs ``boxes`` ``(1, D, 4)`` ``[y1, x1, y2, x2]`` input
+    pixels, ``scores`` ``(1, D)``, ``classes`` ``(1, D)`` (0: empty slot), ``masks`` ``(1, D, m, m)`` probabilities
+    inside each box and ``num_detections`` ``(1,)``. Here the boxes are mapped back to the frame (undoing the
+    stretch or the letterbox) and each ``m x m`` mask is pasted into its box at the frame's resolution
+    (``kseg.instance.masks.paste_masks``, bilinear, threshold 0.5 as in He et al., "Mask R-CNN", ICCV 2017,
+    arXiv 1703.06870).
+
+    Args:
+        model_path: the ``.tflite`` file; its metadata supplies class names and the input normalisation.
+        num_threads, edgetpu, resize, normalization: as for ``Segmenter``.
+        labels: class names, background first (a list, or a text file with one name a line).
+        score_threshold: detections scoring below it are dropped.
+        mask_threshold: a pixel belongs to an instance where its pasted probability reaches this.
+
+    Example:
+        >>> seg = InstanceSegmenter("maskrcnn_float32.tflite")     # doctest: +SKIP
+        >>> result = seg.segment(frame_bgr)                          # doctest: +SKIP
+        >>> result.instances["masks"].shape[1:] == frame_bgr.shape[:2]   # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, model_path, num_threads=None, edgetpu=False, resize="stretch", labels=None,
+                 normalization=None, score_threshold=0.5, mask_threshold=0.5):
+        if not 0.0 <= score_threshold <= 1.0 or not 0.0 < mask_threshold < 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1] and mask_threshold in (0, 1), got {score_threshold} "
+                             f"and {mask_threshold}")
+        model_path = os.fspath(model_path)
+        meta = read_metadata(model_path)
+        super().__init__(model_path, meta, num_threads, edgetpu, resize, normalization)
+        signatures = self.interpreter.get_signature_list()
+        if not signatures:
+            raise ModelFileError(f"{model_path}: an instance model needs its signature (outputs named "
+                                 f"{', '.join(DETECTION_OUTPUTS)}); re-export it with `kseg export`")
+        outputs = self.interpreter.get_signature_runner(next(iter(signatures))).get_output_details()
+        missing = [name for name in DETECTION_OUTPUTS if name not in outputs]
+        if missing:
+            raise ModelFileError(f"{model_path}: the model's outputs {sorted(outputs)} lack {', '.join(missing)} of "
+                                 "the detection contract; export a Mask R-CNN with `kseg export`")
+        self.output_details = {name: outputs[name] for name in DETECTION_OUTPUTS}
+        self.num_classes = int(meta["num_classes"]) if "num_classes" in meta else None
+        names = labels if labels is not None else meta.get("labels")
+        # without the class count (a model exported elsewhere) labels are taken as given, else class ids are shown
+        self.labels = _labels(names, self.num_classes) if names is not None or self.num_classes else None
+        self.palette = (np.asarray(meta["palette"], np.uint8) if "palette" in meta
+                        else viz.palette(len(self.labels) if self.labels else 256))
+        self.score_threshold = score_threshold
+        self.mask_threshold = mask_threshold
+
+    def invoke(self, x):
+        """Run the model on a pre-processed input; returns the detection contract of the one image, dequantized."""
+        self.interpreter.set_tensor(self.input_details["index"], x)
+        self.interpreter.invoke()
+        return {name: _dequantize(self.interpreter.get_tensor(d["index"])[0], d)
+                for name, d in self.output_details.items()}
+
+    def postprocess(self, det, frame_size, box=None):
+        """The detection contract of one image (input pixels) -> instances at ``frame_size`` (see ``Result``)."""
+        from kseg.instance.masks import paste_masks
+
+        count = int(np.asarray(det["num_detections"]).reshape(-1)[0])
+        scores = np.asarray(det["scores"], np.float32)[:count]
+        classes = np.asarray(det["classes"]).astype(np.int32)[:count]
+        keep = (classes > 0) & (scores >= self.score_threshold)
+        boxes = np.asarray(det["boxes"], np.float32)[:count][keep]
+        top, left, nh, nw = box if box is not None else (0, 0, *self.input_size)
+        fh, fw = frame_size
+        scale = np.array([fh / nh, fw / nw, fh / nh, fw / nw], np.float32)
+        boxes = (boxes - np.array([top, left, top, left], np.float32)) * scale
+        boxes = np.clip(boxes, 0, np.array([fh, fw, fh, fw], np.float32))
+        masks = paste_masks(np.asarray(det["masks"], np.float32)[:count][keep], boxes, frame_size,
+                            self.mask_threshold)
+        return {"boxes": boxes, "scores": scores[keep], "classes": classes[keep], "masks": masks}
+
+    def _finish(self, det, frame_size, box):
+        instances = self.postprocess(det, frame_size, box)
+        ids = np.zeros(frame_size, np.uint8 if (self.num_classes or 0) <= 256 else np.int32)
+        for i in np.argsort(instances["scores"], kind="stable"):  # the best score ends on top
+            ids[instances["masks"][i]] = instances["classes"][i]
+        return ids, instances
+
+    def draw(self, frame, result, alpha=0.5):
+        """Each instance of ``result`` drawn on the BGR ``frame``: mask colour, contour, box, class and score."""
+        return viz.draw_instances(frame, result.instances, self.labels, alpha=alpha, order="bgr")
+
+    def reset(self):
+        """Nothing carries over between frames of an instance model."""
+
+
+def _dequantize(value, details):
+    scale, zero = details["quantization"]
+    if details["dtype"] == np.float32 or not scale:  # float, or a plain integer output (classes, counts)
+        return value
+    return (value.astype(np.float32) - zero) * scale
+
+
+def open_model(model_path, num_threads=None, edgetpu=False, resize="stretch", labels=None, normalization=None,
+               output_kind=None, smoothing=0.0, score_threshold=0.5):
+    """The runtime for a ``.tflite`` model: an ``InstanceSegmenter`` when its metadata (or ``output_kind``) says
+    ``"instance"``, else a ``Segmenter``. ``smoothing`` is for semantic models, ``score_threshold`` for instance
+    models; the other arguments are those of both."""
+    kind = output_kind if output_kind is not None else read_metadata(os.fspath(model_path)).get("output_kind")
+    common = {"num_threads": num_threads, "edgetpu": edgetpu, "resize": resize, "labels": labels,
+              "normalization": normalization}
+    if kind == "instance":
+        if smoothing:
+            raise ValueError("smoothing averages per-pixel scores over frames; an instance model has none (drop it)")
+        return InstanceSegmenter(model_path, score_threshold=score_threshold, **common)
+    return Segmenter(model_path, smoothing=smoothing, output_kind=output_kind, **common)
+
+
 def _labels(labels, num_classes):
-    need = max(num_classes, 2)  # a one-channel output still has background and foreground
+    """Class names from a list or a file, checked against ``num_classes`` (``None``: any count)."""
+    need = max(num_classes, 2) if num_classes is not None else None  # a one-channel output: background + foreground
     if labels is None:
         return [str(i) for i in range(need)]
     if isinstance(labels, (str, os.PathLike)):
@@ -294,7 +445,7 @@ def _labels(labels, num_classes):
         except OSError as e:
             raise ModelFileError(f"cannot read labels file {labels}: {e.strerror}") from None
     labels = [str(n) for n in labels]
-    if len(labels) != need:
+    if need is not None and len(labels) != need:
         raise ModelFileError(f"{len(labels)} labels given but the model has {need} classes")
     return labels
 

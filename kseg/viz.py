@@ -1,4 +1,5 @@
-"""Pictures of segmentations: palettes, colour masks, overlays, confusion matrices, per-class IoU charts.
+"""Pictures of segmentations: palettes, colour masks, overlays, instance drawings, confusion matrices, per-class IoU
+charts.
 
 numpy + OpenCV only (the edge runtime draws with these on a device without TensorFlow); matplotlib is imported
 inside the two chart functions. Colour order: palettes are **RGB** (as datasets and PNG legends use them);
@@ -107,6 +108,101 @@ def overlay(image, mask, alpha=0.5, palette=None, contours=True, ignore_index=IG
     if ignore_index is not None:
         out = cv2.copyTo(image, (mask == ignore_index).view(np.uint8), out)
     return out
+
+
+def draw_instances(image, instances, class_names=None, palette=None, alpha=0.5, contours=True, show_boxes=True,
+                   order="rgb"):
+    """Draw instance detections: each instance's mask in its own colour, its contour, box, class name and score.
+
+    Instances are drawn from the lowest score up, so a confident detection lies on top of a doubtful one it overlaps.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 image in ``order``.
+        instances: a dict with ``masks`` ``(N, H, W)`` bool at the image's size and, each optional, ``boxes``
+            ``(N, 4)`` ``[y1, x1, y2, x2]`` pixels, ``scores`` ``(N,)`` and ``classes`` ``(N,)`` (class ids, 1 is
+            the first foreground class), as ``kseg.instance.masks.detections_to_instances`` returns them.
+        class_names: names indexed by class id (``class_names[0]`` is the background); default the ids.
+        palette: ``(K, 3)`` **RGB** colours; instance ``i`` (in the given order) takes ``palette[i % K]``. Default:
+            the VOC palette without its black, so instances of one class still differ.
+        alpha: weight of the mask colour.
+        contours: outline each mask in full-strength colour.
+        show_boxes: draw the boxes and the ``name score`` labels (labels need ``boxes``).
+        order: ``"rgb"`` or ``"bgr"``: the channel order of ``image`` and of the result (OpenCV frames are BGR).
+
+    Returns:
+        ``(H, W, 3)`` uint8 image in ``order``.
+
+    Example:
+        >>> import numpy as np
+        >>> masks = np.zeros((1, 32, 32), bool); masks[0, 8:24, 8:24] = True
+        >>> out = draw_instances(np.zeros((32, 32, 3), np.uint8), {"masks": masks, "boxes": [[8, 8, 24, 24]],
+        ...                      "scores": [0.9], "classes": [1]}, class_names=["bg", "cell"])
+        >>> out.shape, bool(out[16, 16].any())
+        ((32, 32, 3), True)
+    """
+    image = np.asarray(image)
+    masks = np.asarray(instances["masks"], bool)
+    n = len(masks)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if masks.ndim != 3 or masks.shape[1:] != image.shape[:2]:
+        raise ValueError(f"instances['masks'] must be (N, H, W) with the image's (H, W) {image.shape[:2]}, "
+                         f"got {masks.shape}")
+    if order not in ("bgr", "rgb"):
+        raise ValueError(f"order must be 'bgr' or 'rgb', got {order!r}")
+    fields = {}
+    for key in ("boxes", "scores", "classes"):
+        if instances.get(key) is not None:
+            fields[key] = np.asarray(instances[key])
+            if len(fields[key]) != n:
+                raise ValueError(f"instances['{key}'] has {len(fields[key])} entries for {n} masks")
+    colors = _palette(257)[1:] if palette is None else np.asarray(palette, np.uint8).reshape(-1, 3)
+    if order == "bgr":
+        colors = colors[:, ::-1]
+    scores = fields.get("scores")
+    draw_order = np.argsort(scores, kind="stable") if scores is not None else np.arange(n)
+    # One id map (later instances overwrite earlier ones) and one blend, as ``overlay`` does for classes.
+    ids = np.zeros(image.shape[:2], np.int32)
+    for i in draw_order:
+        ids[masks[i]] = i + 1
+    lut = np.zeros((n + 1, 3), np.uint8)
+    lut[1:] = colors[np.arange(n) % len(colors)]
+    painted = ids > 0
+    out = image.copy()
+    out[painted] = (image[painted] * (1.0 - alpha) + lut[ids[painted]] * alpha + 0.5).astype(np.uint8)
+    for i in draw_order:
+        color = tuple(int(c) for c in lut[i + 1])
+        if contours and masks[i].any():
+            outline, _ = cv2.findContours(masks[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(out, outline, -1, color, 1, cv2.LINE_8)
+        if show_boxes and "boxes" in fields:
+            y1, x1, y2, x2 = (int(round(float(v))) for v in fields["boxes"][i])
+            cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), color, 1)
+            _label(out, _instance_text(i, fields, class_names), (x1, y1), color)
+    return out
+
+
+def _instance_text(i, fields, class_names):
+    parts = []
+    if "classes" in fields:
+        c = int(fields["classes"][i])
+        parts.append(str(class_names[c]) if class_names is not None and 0 <= c < len(class_names) else str(c))
+    if "scores" in fields:
+        parts.append(f"{float(fields['scores'][i]):.2f}")
+    return " ".join(parts)
+
+
+def _label(out, text, corner, color):
+    """``text`` on a filled box of ``color`` just above ``corner`` (inside the image when there is no room)."""
+    if not text:
+        return
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, min(out.shape[:2]) / 800)
+    (w, h), base = cv2.getTextSize(text, font, scale, 1)
+    x = min(max(corner[0], 0), max(out.shape[1] - w - 2, 0))
+    y = corner[1] - 2 if corner[1] - h - base - 2 >= 0 else min(corner[1] + h + 2, out.shape[0] - base)
+    cv2.rectangle(out, (x, y - h - 2), (x + w + 2, y + base), color, -1)
+    ink = (0, 0, 0) if sum(color) > 380 else (255, 255, 255)  # dark text on light colours
+    cv2.putText(out, text, (x + 1, y), font, scale, ink, 1, cv2.LINE_AA)
 
 
 def legend(class_names, palette_rgb=None, width=None, row_height=20):
