@@ -1,0 +1,176 @@
+"""Mask R-CNN: ops (ROIAlign against a direct computation, anchor matching, box coding, sampling, NMS), loss
+values, and the network (training, save/reload, TFLite export)."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kseg.instance import losses, ops
+
+
+def _bilinear(f, y, x):
+    """Direct bilinear interpolation of ``f`` (H, W, C) at (y, x) with Detectron's border rule."""
+    h, w = f.shape[:2]
+    if y < -1 or y > h or x < -1 or x > w:
+        return np.zeros(f.shape[-1])
+    y, x = min(max(y, 0.0), h - 1.0), min(max(x, 0.0), w - 1.0)
+    y0, x0 = int(math.floor(y)), int(math.floor(x))
+    y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+    ly, lx = y - y0, x - x0
+    return ((1 - ly) * (1 - lx) * f[y0, x0] + (1 - ly) * lx * f[y0, x1] + ly * (1 - lx) * f[y1, x0]
+            + ly * lx * f[y1, x1])
+
+
+def _roi_align_reference(features, image, box, out, ratio):
+    """ROIAlign of one box by definition: FPN level, half-pixel-aligned coordinates, ratio x ratio samples per bin."""
+    k = int(np.clip(math.floor(4 + math.log2(math.sqrt((box[2] - box[0]) * (box[3] - box[1])) / 224)), 2, 5))
+    f = features[k - 2][image].astype(np.float64)
+    y1, x1, y2, x2 = np.asarray(box, np.float64) / 2**k - 0.5
+    bh, bw = (y2 - y1) / out, (x2 - x1) / out
+    res = np.zeros((out, out, f.shape[-1]))
+    for i in range(out):
+        for j in range(out):
+            for iy in range(ratio):
+                for ix in range(ratio):
+                    res[i, j] += _bilinear(f, y1 + (i + (iy + 0.5) / ratio) * bh, x1 + (j + (ix + 0.5) / ratio) * bw)
+    return res / ratio**2, k
+
+
+@pytest.mark.parametrize("out,ratio", [(7, 2), (4, 1), (3, 3)])
+def test_roi_align_matches_direct_bilinear_sampling(out, ratio):
+    rng = np.random.default_rng(out)
+    features = [rng.random((2, 512 // 2**k, 512 // 2**k, 3)).astype(np.float32) for k in (2, 3, 4, 5)]
+    # sides chosen for every level (sqrt(wh) ~ 50, 150, 300, 480), one box crossing the image border
+    boxes = np.array([[[10.3, 20.7, 60.1, 75.2], [100.5, 40.2, 250.9, 190.4], [50.0, 60.0, 360.0, 350.0],
+                       [0.0, 0.0, 500.0, 470.0]],
+                      [[-8.0, 400.0, 40.0, 530.0], [200.2, 200.9, 330.0, 370.0], [5.5, 7.5, 12.0, 9.0],
+                       [30.0, 10.0, 330.0, 300.0]]], np.float32)
+    got = ops.roi_align([tf.constant(f) for f in features], tf.constant(boxes), out, ratio).numpy()
+    levels = set()
+    for b in range(2):
+        for r in range(4):
+            want, k = _roi_align_reference(features, b, boxes[b, r], out, ratio)
+            levels.add(k)
+            np.testing.assert_allclose(got[b * 4 + r], want, atol=1e-5, rtol=0)
+    assert levels == {2, 3, 4, 5}
+
+
+def test_anchor_order_matches_rpn_flattening():
+    anchors = ops.generate_anchors((128, 128), sizes=(8, 16, 32, 64, 128))
+    assert anchors.shape == (3 * sum((128 // 2**k) ** 2 for k in range(2, 7)), 4)
+    # P2 cell (row 1, col 2), third ratio (h/w = 2): flat index (1 * 32 + 2) * 3 + 2
+    y1, x1, y2, x2 = anchors[(1 * 32 + 2) * 3 + 2]
+    np.testing.assert_allclose([(y1 + y2) / 2, (x1 + x2) / 2], [6.0, 10.0])
+    np.testing.assert_allclose([(y2 - y1) / (x2 - x1), (y2 - y1) * (x2 - x1)], [2.0, 64.0], rtol=1e-5)
+    # first P6 anchor: centre of the one 64-stride cell (0, 0), size 128
+    first_p6 = 3 * sum((128 // 2**k) ** 2 for k in range(2, 6))
+    np.testing.assert_allclose(anchors[first_p6 + 1], [-32.0, -32.0, 96.0, 96.0])
+
+
+def test_anchor_matching_hand_made_case():
+    anchors = np.array([[0, 0, 10, 10],        # IoU 1 with gt0: positive
+                        [0, 0, 10, 20],        # IoU 0.5 with gt0: ignored
+                        [20, 20, 30, 30],      # IoU 0.25 with gt1: negative
+                        [20, 20, 32, 32],      # IoU 0.36 with gt1 but gt1's best anchor: positive
+                        [50, 50, 60, 60],      # exactly the padded box: negative
+                        [100, 100, 110, 110]], np.float32)
+    gt = tf.constant([[[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 60]],
+                      [[50, 50, 60, 60], [0, 0, 0, 0], [0, 0, 0, 0]]], tf.float32)
+    valid = tf.constant([[True, True, False], [False, False, False]])
+    labels, matched = ops.match_anchors(anchors, gt, valid)
+    np.testing.assert_array_equal(labels.numpy(), [[1, -1, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0]])
+    assert matched.numpy()[0, 0] == 0 and matched.numpy()[0, 3] == 1
+
+
+@pytest.mark.parametrize("weights", [ops.RPN_WEIGHTS, ops.HEAD_WEIGHTS])
+def test_box_encode_decode_round_trip(weights):
+    rng = np.random.default_rng(0)
+    corner = rng.random((50, 2)) * 100
+    boxes = np.concatenate([corner, corner + 1 + rng.random((50, 2)) * 80], 1).astype(np.float32)
+    corner = rng.random((50, 2)) * 100
+    anchors = np.concatenate([corner, corner + 1 + rng.random((50, 2)) * 80], 1).astype(np.float32)
+    deltas = ops.encode_boxes(tf.constant(boxes), anchors, weights)
+    np.testing.assert_allclose(ops.decode_boxes(deltas, anchors, weights).numpy(), boxes, atol=1e-3)
+    np.testing.assert_allclose(ops.encode_boxes(tf.constant(anchors), anchors, weights).numpy(), 0, atol=1e-6)
+    # dh, dw are clipped: a box never grows past 1000/16 times its anchor
+    huge = ops.decode_boxes(tf.constant([[0.0, 0.0, 100.0, 100.0]]), anchors[:1], weights).numpy()[0]
+    ha = anchors[0, 2] - anchors[0, 0]
+    np.testing.assert_allclose(huge[2] - huge[0], ha * 1000 / 16, rtol=1e-4)
+
+
+def test_subsample_caps_positives_and_fills_with_negatives():
+    positive = tf.constant(np.arange(1000)[None] < 300)
+    negative = ~positive
+    idx, is_pos, is_valid = ops.subsample(positive, negative, 256, 0.5, seed=1)
+    idx, is_pos = idx.numpy()[0], is_pos.numpy()[0]
+    assert is_pos.sum() == 128 and is_valid.numpy().all() and len(set(idx)) == 256
+    assert (idx[is_pos] < 300).all() and (idx[~is_pos] >= 300).all()
+    few = tf.constant(np.arange(1000)[None] < 10)
+    idx, is_pos, is_valid = ops.subsample(few, ~few & tf.constant(np.arange(1000)[None] < 100), 256, 0.5)
+    assert is_pos.numpy().sum() == 10 and is_valid.numpy().sum() == 100
+
+
+def test_sample_rois_adds_gt_boxes_and_puts_foreground_first():
+    proposals = tf.constant([[[0, 0, 10, 10], [60, 60, 90, 90], [0, 0, 0, 0]]], tf.float32)
+    valid = tf.constant([[1.0, 1.0, 0.0]])
+    gt = tf.constant([[[1, 1, 10, 10], [30, 30, 50, 50]]], tf.float32)
+    out = ops.sample_rois(proposals, valid, gt, tf.constant([[3, 5]]), num=4, positive_fraction=0.5, seed=0)
+    pos = out["positive"].numpy()[0]
+    assert pos.tolist() == [True, True, False, False] and out["valid"].numpy()[0].tolist() == [True] * 3 + [False]
+    # positives: the proposal matching gt0 (IoU 0.81) and both gt boxes, at most 2 kept; one negative
+    assert set(out["classes"].numpy()[0][:2]) <= {3, 5} and out["classes"].numpy()[0][2] == 0
+    np.testing.assert_array_equal(out["rois"].numpy()[0][2], [60, 60, 90, 90])
+
+
+def test_mask_targets_crop_gt_masks():
+    masks = np.zeros((1, 2, 32, 32), np.uint8)
+    masks[0, 1, 8:24, 8:16] = 1  # left half of the box [8, 8, 24, 24] in instance 1
+    t = ops.mask_targets(tf.constant(masks), tf.constant([[1, 0]]), tf.constant([[[8.0, 8, 24, 24]] * 2]), 28).numpy()
+    expected = np.zeros((28, 28))
+    expected[:, :14] = 1
+    np.testing.assert_array_equal(t[0], expected)
+    assert t[1].sum() == 0
+
+
+def test_detect_is_class_aware():
+    rois = tf.constant([[[10, 10, 50, 50], [12, 10, 50, 50], [11, 10, 50, 50]]], tf.float32)
+    # 3 classes; ROI 0 and 1 say class 1 (overlap: the weaker one is suppressed), ROI 2 says class 2 (kept)
+    logits = tf.math.log(tf.constant([[[0.05, 0.9, 0.05], [0.1, 0.8, 0.1], [0.05, 0.05, 0.9]]]))
+    boxes, scores, classes, num = ops.detect(rois, tf.ones((1, 3)), logits, tf.zeros((1, 3, 12)), (64, 64),
+                                             max_detections=4, score_threshold=0.2)
+    assert num.numpy().tolist() == [2]
+    np.testing.assert_allclose(scores.numpy()[0], [0.9, 0.9, 0, 0], atol=1e-6)
+    assert sorted(classes.numpy()[0][:2].tolist()) == [1, 2] and classes.numpy()[0][2:].tolist() == [0, 0]
+    np.testing.assert_allclose(boxes.numpy()[0][2:], 0)
+
+
+def test_generate_proposals_nms_and_padding():
+    anchors = np.array([[0, 0, 10, 10], [1, 0, 10, 10], [20, 20, 30, 30], [0, 0, 4, 4]], np.float32)
+    obj = tf.constant([[3.0, 2.0, 1.0, -5.0]])
+    props, valid = ops.generate_proposals(obj, tf.zeros((1, 4, 4)), anchors, (32, 32), [3, 1], pre_nms_topk=3,
+                                          post_nms_topk=4, nms_threshold=0.7)
+    # anchor 1 overlaps anchor 0 (IoU 0.9) on the same level: suppressed; anchor 3 is another level: kept
+    np.testing.assert_array_equal(valid.numpy(), [[1, 1, 1, 0]])
+    np.testing.assert_allclose(props.numpy()[0], [[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 4, 4], [0, 0, 0, 0]])
+
+
+def test_loss_values_by_hand():
+    bce = losses.rpn_class_loss(tf.constant([[1.0, 0.0, 1.0]]), tf.constant([[0.0, 2.0, -1.0]]),
+                                tf.constant([[1.0, 1.0, 0.0]]))
+    assert float(bce) == pytest.approx((math.log(2) + math.log(1 + math.exp(2))) / 2, rel=1e-6)
+    rpn_box = losses.rpn_box_loss(tf.zeros((1, 2, 4)), tf.constant([[[0.05, 0, 0, 0], [1.0, 0, 0, 0]]]),
+                                  tf.constant([[1.0, 0.0]]), tf.constant([[1.0, 1.0]]))
+    assert float(rpn_box) == pytest.approx(0.5 * 0.05**2 * 9 / 2, rel=1e-5)
+    ce = losses.class_loss(tf.constant([[1, 0]]), tf.constant([[[0.0, 0.0], [math.log(3), 0.0]]]),
+                           tf.constant([[1.0, 1.0]]))
+    assert float(ce) == pytest.approx((math.log(2) - math.log(0.75)) / 2, rel=1e-6)
+    deltas = tf.constant([[[9.0, 9, 9, 9, 0.5, 2.0, 0, 0], [9.0] * 8]])  # class 1 of ROI 0 counts; ROI 1 is background
+    box = losses.box_loss(tf.zeros((1, 2, 4)), deltas, tf.constant([[1, 0]]), tf.constant([[1.0, 0.0]]),
+                          tf.constant([[1.0, 1.0]]))
+    assert float(box) == pytest.approx((0.125 + 1.5) / 2, rel=1e-6)
+    targets = tf.constant([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    logits = tf.constant([[[0.0, 0.0], [1.0, -1.0]], [[5.0, 5.0], [5.0, 5.0]]])
+    want = (math.log(2) * 2 + math.log(1 + math.exp(1)) * 2) / 4  # ROI 1 is not foreground
+    assert float(losses.mask_loss(targets, logits, tf.constant([1.0, 0.0]))) == pytest.approx(want, rel=1e-6)
