@@ -584,3 +584,53 @@ def write_shapenet_part_v0(tmp_path):
     (root / "train_test_split" / "shuffled_train_file_list.json").write_text(json.dumps(
         [f"shape_data/03001627/{next(iter(shapes))}"]))
     return root, shapes
+
+
+def write_ply(path, points, labels, fmt="binary_little_endian", faces=()):
+    """A ScanNet ``*_vh_clean_2.labels.ply``: vertex x y z (float), red green blue alpha (uchar), label (ushort),
+    then the faces (``list uchar int vertex_indices``), in ``fmt`` (ascii, binary_little_endian or
+    binary_big_endian)."""
+    from kseg.data.formats_rgbd import SCANNET_NYU40_PALETTE
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (f"ply\nformat {fmt} 1.0\ncomment written by the kseg tests\nelement vertex {len(points)}\n"
+              "property float x\nproperty float y\nproperty float z\nproperty uchar red\nproperty uchar green\n"
+              "property uchar blue\nproperty uchar alpha\nproperty ushort label\n"
+              f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n")
+    palette = np.array([(0, 0, 0)] + list(SCANNET_NYU40_PALETTE), np.uint8)
+    colours = palette[np.where(np.asarray(labels) <= 40, labels, 0)]
+    if fmt == "ascii":
+        rows = [f"{x:.6f} {y:.6f} {z:.6f} {r} {g} {b} 255 {label}"
+                for (x, y, z), (r, g, b), label in zip(points, colours, labels)]
+        rows += [f"{len(face)} " + " ".join(map(str, face)) for face in faces]
+        path.write_text(header + "\n".join(rows) + "\n")
+        return
+    order = "<" if fmt == "binary_little_endian" else ">"
+    vertex = np.zeros(len(points), [("x", order + "f4"), ("y", order + "f4"), ("z", order + "f4"), ("red", "u1"),
+                                    ("green", "u1"), ("blue", "u1"), ("alpha", "u1"), ("label", order + "u2")])
+    vertex["x"], vertex["y"], vertex["z"] = np.asarray(points, np.float32).T
+    vertex["red"], vertex["green"], vertex["blue"] = colours.T
+    vertex["alpha"], vertex["label"] = 255, labels
+    face_bytes = b"".join(np.uint8(len(f)).tobytes() + np.asarray(f, order + "i4").tobytes() for f in faces)
+    path.write_bytes(header.encode() + vertex.tobytes() + face_bytes)
+
+
+def write_scannet3d(tmp_path):
+    """``scans/scene000N_00/scene000N_00_vh_clean_2.labels.ply`` (scene 0 binary with faces, scene 1 ASCII) and
+    ``scannetv2_{train,val}.txt``. Returns ``{file stem: (points in metres, 20-class labels, 255 ignore)}``."""
+    root = tmp_path / "scannet"
+    scenes = {}
+    # NYU40 ids: wall (1 -> 0), chair (5 -> 4), otherfurniture (39 -> 19), floor mat (20: not a benchmark class),
+    # unlabelled (0)
+    nyu40 = np.array([1, 5, 39, 20, 0])
+    classes = np.array([0, 4, 19, 255, 255])
+    for s, (scene, fmt) in enumerate((("scene0000_00", "binary_little_endian"), ("scene0001_00", "ascii"))):
+        rng = np.random.default_rng(190 + s)
+        points = (rng.uniform([0, 0, 0], [4.0, 3.0, 2.5], (300, 3))).astype(np.float32)
+        which = rng.integers(0, len(nyu40), len(points))
+        faces = [(0, 1, 2), (2, 3, 4)]
+        write_ply(root / "scans" / scene / f"{scene}_vh_clean_2.labels.ply", points, nyu40[which], fmt, faces)
+        scenes[f"{scene}_vh_clean_2.labels"] = (points.astype(np.float64), classes[which])
+    (root / "scannetv2_train.txt").write_text("scene0000_00\nscene0001_00\n")
+    (root / "scannetv2_val.txt").write_text("scene0001_00\n")
+    return root, scenes

@@ -22,7 +22,7 @@ FIXTURES = {"voc": write_voc, "cityscapes": write_cityscapes, "isbi": lambda tmp
 # Datasets II: every format's fixture writer is data_fixtures.write_<format>
 FIXTURES.update({fmt: getattr(data_fixtures, f"write_{fmt}") for fmt in (
     "pascal_context", "coco", "coco_stuff", "coco_panoptic", "ade20k", "stanford_background", "nyudv2", "sunrgbd",
-    "scannet", "sun3d", "uwrgbd", "stanford2d3d", "shapenet_part", "sydney_urban")})
+    "scannet", "scannet3d", "sun3d", "uwrgbd", "stanford2d3d", "shapenet_part", "sydney_urban")})
 
 
 def test_there_are_configs():

@@ -9,7 +9,8 @@ from kseg.cli import main
 from kseg.data.tool import check, data_config
 
 ISSUE_FORMATS = ("folder voc sbd cityscapes isbi pascal_context coco coco_stuff ade20k stanford_background nyudv2 "
-                 "sunrgbd sun3d scannet uwrgbd stanford2d3d shapenet_part sydney_urban nifti").split()
+                 "sunrgbd sun3d scannet uwrgbd stanford2d3d shapenet_part sydney_urban nifti "
+                 "coco_panoptic scannet3d").split()  # the last two: issue 8's closing note
 
 
 def test_formats_lists_every_layout_of_the_issue(capsys):

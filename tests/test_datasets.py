@@ -28,6 +28,7 @@ CASES = {
     "stanford2d3d": (fx.write_stanford2d3d, {"splits": {"train": "area_1", "val": "area_5"}}, "train"),
     "shapenet_part": (fx.write_shapenet_part, {"voxel_size": 0.125}, "train"),
     "sydney_urban": (fx.write_sydney_urban, {"voxel_size": 0.5, "splits": {"train": "fold0"}}, "train"),
+    "scannet3d": (fx.write_scannet3d, {"voxel_size": 0.25}, "train"),
     "voc": (fx.write_voc, {}, "train"),
     "sbd": (fx.write_sbd, {}, "train"),
     "cityscapes": (fx.write_cityscapes, {}, "train"),
@@ -83,7 +84,7 @@ def test_layout_loads_its_fixture_and_trains_one_step(fmt, tmp_path):
         if fmt in CHECKED_ELSEWHERE:
             continue
         key = fx.sample_key(image_ref)
-        if fmt in ("shapenet_part", "sydney_urban"):
+        if get_format(fmt).points:
             np.testing.assert_array_equal(label, expected_grid(data, expected[key]))
         else:
             np.testing.assert_array_equal(label, expected[key], err_msg=f"{fmt} {key}")
@@ -313,3 +314,49 @@ def test_ade20k_names_from_object_info_and_the_challenge_palette(tmp_path):
     assert info["palette"] == ADE20K_PALETTE
     assert ADE20K_PALETTE[:3] == ((120, 120, 120), (180, 120, 120), (6, 230, 230))
     assert ADE20K_PALETTE[-1] == (92, 0, 255) and len(ADE20K_PALETTE) == 150
+
+
+@pytest.mark.parametrize("fmt", ["ascii", "binary_little_endian", "binary_big_endian"])
+def test_read_ply_gives_the_vertices_of_every_encoding(fmt, tmp_path):
+    from kseg.data.formats_3d import read_ply
+
+    points = np.array([[0.5, -1.25, 2.0], [3.0, 0.0, -0.75], [1e-3, 2.5, 1.0]], np.float32)
+    labels = np.array([1, 39, 300])
+    fx.write_ply(tmp_path / "a.ply", points, labels, fmt, faces=[(0, 1, 2)])
+    vertices = read_ply(tmp_path / "a.ply")
+    assert vertices.dtype.names == ("x", "y", "z", "red", "green", "blue", "alpha", "label")
+    np.testing.assert_array_equal(np.stack([vertices["x"], vertices["y"], vertices["z"]], -1), points)
+    np.testing.assert_array_equal(vertices["label"], labels)
+    assert vertices["red"][0] == 174 and vertices["alpha"].tolist() == [255] * 3  # wall colour of ScanNet
+
+
+def test_scannet3d_splits_and_ply_faults(tmp_path):
+    from kseg.data.tool import check, data_config
+
+    root, _ = fx.write_scannet3d(tmp_path)
+    data = validate_data_config({"format": "scannet3d", "root": str(root), "volume_size": VOLUME,
+                                 "voxel_size": 0.25})
+    assert [fx.sample_key(r[0]) for r in list_samples(data, "val")] == ["scene0001_00_vh_clean_2.labels"]
+    binary = root / "scans" / "scene0000_00" / "scene0000_00_vh_clean_2.labels.ply"
+    binary.write_bytes(binary.read_bytes()[:-2000])  # cut into the vertices
+    (root / "scannetv2_val.txt").write_text("scene0001_00\nscene0002_00\n")
+    problems = check(data_config(root, "scannet3d"), progress=False)["problems"]
+    assert any(p.startswith(str(binary)) and "the file is truncated" in p for p in problems), problems
+    assert any("lists scene0002_00 but" in p for p in problems), problems
+
+
+def test_voxel_majority_vote_matches_a_dense_count():
+    """The sparse vote of `voxelize` against a dense (voxels x labels) count: argmax, ties to the smaller label."""
+    from kseg.data.formats_3d import voxelize
+
+    rng = np.random.default_rng(3)
+    points = rng.uniform(-1, 1, (3000, 3))
+    labels = rng.choice([0, 1, 2, 7, 255], len(points), p=[0.3, 0.3, 0.2, 0.1, 0.1])
+    image, grid, index = voxelize(points, labels, (6, 5, 4), 0.4)
+    inside = index[:, 0] >= 0
+    votes = np.zeros((6 * 5 * 4, 256), np.int64)
+    np.add.at(votes, (np.ravel_multi_index(index[inside].T, (6, 5, 4)), labels[inside]), 1)
+    occupied = votes.sum(axis=1) > 0
+    np.testing.assert_array_equal(grid.ravel(), np.where(occupied, votes.argmax(axis=1), 255))
+    np.testing.assert_array_equal(image[..., 0].ravel() > 0, occupied)
+    assert (~inside).any() and occupied.sum() > 60  # a grid smaller than the cloud, mostly filled

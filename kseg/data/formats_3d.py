@@ -1,10 +1,12 @@
-"""Point-cloud layouts voxelised for the 3D models: ShapeNet part segmentation and Sydney Urban Objects.
+"""Point-cloud layouts voxelised for the 3D models: ShapeNet part segmentation, Sydney Urban Objects and ScanNet v2
+scenes (PLY meshes, read by `read_ply`).
 
 A cloud becomes a labelled occupancy grid of ``data.volume_size`` (D, H, W) voxels of ``data.voxel_size`` (the
 cloud's units: metres for Sydney, the unit-sphere normalised coordinates of ShapeNet): the cloud's bounding-box
 centre sits at the grid centre, z runs along D, y along H, x along W. The image is one channel, 1 where a voxel
 holds a point (255, on the [0, 255] image scale) and 0 elsewhere; a voxel's label is the most frequent label of
-its points, and empty voxels are ``data.ignore_index`` (the loss and the metrics see occupied voxels only).
+its points (points with the ignore label vote too: a voxel of mostly unlabelled points is ignored), and empty
+voxels are ``data.ignore_index`` (the loss and the metrics see occupied voxels only).
 Points outside the grid are dropped from the grid. `point_labels` maps a predicted grid back to the points for
 per-point evaluation.
 """
@@ -36,6 +38,91 @@ SYDNEY_CLASSES = ("4wd", "bench", "bicycle", "biker", "building", "bus", "car", 
 # The record of one point in Sydney's .bin files (the dataset's own Python reader).
 SYDNEY_POINT = np.dtype([("t", "<i8"), ("intensity", "u1"), ("id", "u1"), ("x", "<f4"), ("y", "<f4"),
                          ("z", "<f4"), ("azimuth", "<f4"), ("range", "<f4"), ("pid", "<i4")])
+
+
+# ScanNet v2 (Dai et al., "ScanNet: Richly-annotated 3D Reconstructions of Indoor Scenes", CVPR 2017, arXiv
+# 1702.04405): the 20 classes of the 3D semantic label benchmark and their NYU40 ids (BenchmarkScripts/
+# 3d_evaluation/evaluate_semantic_label.py); every other id is ignored.
+SCANNET20_CLASSES = ("wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
+                     "picture", "counter", "desk", "curtain", "refrigerator", "shower curtain", "toilet", "sink",
+                     "bathtub", "otherfurniture")
+SCANNET20_NYU40_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39)
+
+# PLY property types (Turk, "The PLY Polygon File Format", 1994) as numpy types.
+_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
+              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
+_PLY_FORMATS = {"ascii": None, "binary_little_endian": "<", "binary_big_endian": ">"}
+
+
+def read_ply(path, element="vertex"):
+    """One element of a PLY file (ASCII or binary, either byte order) as a numpy structured array.
+
+    The elements stored before ``element`` are skipped; in binary files they must have fixed-size properties
+    (list properties, such as faces, may only follow it, as in every PLY written by a mesh or scanning tool).
+
+    Args:
+        path: the ``.ply`` file.
+        element: the element to read (``vertex``: one record per point, fields named as the properties, e.g.
+            ``x``, ``y``, ``z``, ``red``, ``label``).
+
+    Returns:
+        numpy structured array (N,).
+
+    Example:
+        >>> cloud = read_ply("scene0000_00_vh_clean_2.labels.ply")  # doctest: +SKIP
+        >>> points = np.stack([cloud["x"], cloud["y"], cloud["z"]], axis=-1); labels = cloud["label"]
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    end = data.find(b"end_header")
+    if not data.startswith(b"ply") or end < 0:
+        raise DataError(f"{path}: not a PLY file (no 'ply' magic line or no end_header); replace the file")
+    body = data.index(b"\n", end) + 1
+    elements, fmt = [], None  # [(name, count, [(property, numpy type) or (property, None) for lists])]
+    try:
+        for line in data[:end].decode("ascii").splitlines():
+            words = line.split()
+            if not words:
+                continue
+            if words[0] == "format":
+                fmt = words[1]
+            elif words[0] == "element":
+                elements.append((words[1], int(words[2]), []))
+            elif words[0] == "property":
+                is_list = words[1] == "list"
+                elements[-1][2].append((words[-1], None if is_list else _PLY_TYPES[words[1]]))
+    except (UnicodeDecodeError, ValueError, IndexError, KeyError) as exc:
+        raise DataError(f"{path}: malformed PLY header ({type(exc).__name__}: {exc}); replace the file") from None
+    if fmt not in _PLY_FORMATS:
+        raise DataError(f"{path}: PLY format '{fmt}' is not ascii, binary_little_endian or binary_big_endian")
+    names = [name for name, _, _ in elements]
+    if element not in names:
+        raise DataError(f"{path}: no '{element}' element in the PLY header (elements: {', '.join(names)})")
+    before = elements[:names.index(element)]
+    _, count, props = elements[names.index(element)]
+    if any(t is None for _, t in props) or any(t is None for _, _, ps in before for _, t in ps):
+        raise DataError(f"{path}: list properties in or before the '{element}' element are not supported")
+    order = _PLY_FORMATS[fmt]
+    dtype = np.dtype([(name, (order or "<") + t) for name, t in props])
+    if order is None:  # ASCII: one line per element record
+        lines = data[body:].decode("ascii", "replace").splitlines()
+        skip = sum(n for _, n, _ in before)
+        rows = lines[skip:skip + count]
+        try:
+            values = np.array(" ".join(rows).split(), np.float64).reshape(count, len(props))
+        except ValueError:
+            raise DataError(f"{path}: expected {count} '{element}' lines of {len(props)} numbers after the header; "
+                            f"the file is truncated or malformed") from None
+        out = np.empty(count, dtype)
+        for k, (name, _) in enumerate(props):
+            out[name] = values[:, k]
+        return out
+    offset = body + sum(n * np.dtype([(p, order + t) for p, t in ps]).itemsize for _, n, ps in before)
+    if len(data) < offset + count * dtype.itemsize:
+        raise DataError(f"{path}: {len(data) - offset} bytes for {count} '{element}' records of {dtype.itemsize} "
+                        f"bytes; the file is truncated")
+    return np.frombuffer(data, dtype, count, offset)
 
 
 def voxel_indices(points, volume_size, voxel_size):
@@ -70,12 +157,18 @@ def voxelize(points, labels, volume_size, voxel_size, ignore_index=255):
     flat = np.ravel_multi_index(index[inside].T, volume_size)
     labels = np.asarray(labels, np.int64)[inside]
     num_labels = int(labels.max()) + 1 if labels.size else 1
-    votes = np.zeros((int(np.prod(volume_size)), num_labels), np.int32)
-    np.add.at(votes, (flat, labels), 1)
-    occupied = votes.sum(axis=1) > 0
-    label = np.where(occupied, votes.argmax(axis=1), ignore_index).reshape(volume_size).astype(np.int32)
+    # votes of the (voxel, label) pairs that occur: a dense (voxels, labels) table would not fit a scene's grid
+    pairs, votes = np.unique(flat * num_labels + labels, return_counts=True)
+    voxel, label_of = np.divmod(pairs, num_labels)
+    order = np.lexsort((-votes, voxel))  # per voxel, most votes first; ties: the smaller label (stable sort)
+    voxel, label_of = voxel[order], label_of[order]
+    first = np.r_[True, voxel[1:] != voxel[:-1]]
+    label = np.full(int(np.prod(volume_size)), ignore_index, np.int32)
+    label[voxel[first]] = label_of[first]
+    occupied = np.zeros(int(np.prod(volume_size)), bool)
+    occupied[voxel] = True
     image = (occupied.reshape(volume_size) * 255.0).astype(np.float32)[..., None]
-    return image, label, index
+    return image, label.reshape(volume_size), index
 
 
 def point_labels(grid, index, ignore_index=255):
@@ -239,6 +332,54 @@ class SydneyUrbanFormat(PointCloudFormat):
         return points, np.full(len(points), SYDNEY_CLASSES.index(name), np.int32)
 
 
+class ScanNet3dFormat(PointCloudFormat):
+    """ScanNet v2 scenes in 3D: ``scans/<scene>/<scene>_vh_clean_2.labels.ply`` (binary PLY mesh; vertex x y z in
+    metres, red green blue alpha, ``label`` = NYU40 id, 0 unlabelled). The 20 benchmark classes; other ids are
+    ignore. Splits: train, val, test (``scannetv2_{train,val,test}.txt`` scene lists in data.root, the benchmark's
+    files), a ``.txt`` scene list, or index ranges over the scenes."""
+
+    name = "scannet3d"
+    num_classes = len(SCANNET20_CLASSES)
+
+    def default_split(self, split):
+        return split
+
+    def class_names(self, cfg):
+        return SCANNET20_CLASSES
+
+    def palette(self, cfg):
+        from kseg.data.formats_rgbd import SCANNET_NYU40_PALETTE
+
+        return tuple(SCANNET_NYU40_PALETTE[i - 1] for i in SCANNET20_NYU40_IDS)
+
+    def _resolve(self, cfg, spec, split, problems=None):
+        root = Path(cfg["root"])
+        scans = root / "scans" if (root / "scans").is_dir() else root
+        if isinstance(spec, str) and (spec in ("train", "val", "test") or spec.endswith(".txt")):
+            listing = root / (f"scannetv2_{spec}.txt" if spec in ("train", "val", "test") else spec)
+            pairs = []
+            for scene in read_list(listing, split):
+                ply = scans / scene / f"{scene}_vh_clean_2.labels.ply"
+                if ply.is_file():
+                    pairs.append((str(ply), str(ply)))
+                else:
+                    report(problems, f"{listing}: lists {scene} but {ply} is missing; add the scene's labels.ply")
+            return pairs
+        files = sorted(scans.glob("*/*_vh_clean_2.labels.ply"), key=natural_key)
+        return pick_range([(str(p), str(p)) for p in files], spec, split, scans)
+
+    def read_points(self, path, cfg):
+        vertices = read_ply(path)
+        missing = [k for k in ("x", "y", "z", "label") if k not in (vertices.dtype.names or ())]
+        if missing:
+            raise DataError(f"{path}: vertices have no {', '.join(missing)} property; use the scene's "
+                            f"*_vh_clean_2.labels.ply")
+        points = np.stack([vertices["x"], vertices["y"], vertices["z"]], axis=-1).astype(np.float64)
+        lut = np.full(max(int(vertices["label"].max(initial=0)), 40) + 1, cfg["ignore_index"], np.int32)
+        lut[list(SCANNET20_NYU40_IDS)] = np.arange(len(SCANNET20_NYU40_IDS))
+        return points, lut[vertices["label"].astype(np.int64)]
+
+
 def _read_pts_seg(pts, seg):
     """Points of the original ShapeNet part release and their global part ids (category offset + part - 1)."""
     synset = Path(pts).parents[1].name
@@ -269,4 +410,4 @@ def _read_bin(path):
     return np.frombuffer(raw, SYDNEY_POINT)
 
 
-FORMATS_3D = (ShapeNetPartFormat(), SydneyUrbanFormat())
+FORMATS_3D = (ShapeNetPartFormat(), SydneyUrbanFormat(), ScanNet3dFormat())

@@ -24,6 +24,16 @@ NYU40_CLASSES = (
     "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat", "clothes", "ceiling",
     "books", "refridgerator", "television", "paper", "towel", "shower curtain", "box", "whiteboard", "person",
     "night stand", "toilet", "sink", "lamp", "bathtub", "bag", "otherstructure", "otherfurniture", "otherprop")
+# The colours of the NYU40 ids 1-40 in ScanNet's benchmark scripts (BenchmarkScripts/util.py,
+# create_color_palette, whose entry 0 is the black of unlabelled).
+SCANNET_NYU40_PALETTE = (
+    (174, 199, 232), (152, 223, 138), (31, 119, 180), (255, 187, 120), (188, 189, 34), (140, 86, 75),
+    (255, 152, 150), (214, 39, 40), (197, 176, 213), (148, 103, 189), (196, 156, 148), (23, 190, 207),
+    (178, 76, 76), (247, 182, 210), (66, 188, 102), (219, 219, 141), (140, 57, 197), (202, 185, 52),
+    (51, 176, 203), (200, 54, 131), (92, 193, 61), (78, 71, 183), (172, 114, 82), (255, 127, 14), (91, 163, 138),
+    (153, 98, 156), (140, 153, 101), (158, 218, 229), (100, 125, 154), (178, 127, 135), (120, 185, 128),
+    (146, 111, 194), (44, 160, 44), (112, 128, 144), (96, 207, 209), (227, 119, 194), (213, 92, 176),
+    (94, 106, 211), (82, 84, 163), (100, 85, 144))
 # NYU-Depth v2 13 classes (Couprie et al., "Indoor Semantic Segmentation using depth information", ICLR 2013),
 # and the class (1-13) of each of the 40 classes, as in the SceneNet / nyudv2_class_mapping tables.
 NYU13_CLASSES = ("bed", "books", "ceiling", "chair", "floor", "furniture", "objects", "picture", "sofa", "table",
@@ -316,7 +326,7 @@ class ScanNetFormat(RgbdFormat):
         return NYU40_CLASSES
 
     def palette(self, cfg):
-        return voc_palette(40)
+        return SCANNET_NYU40_PALETTE
 
     def key_of(self, pair, cfg):
         return Path(split_ref(pair[0])[0]).parents[1].name
