@@ -287,7 +287,7 @@ def write_coco_stuff(tmp_path):
     255 unlabelled)."""
     from kseg.data.formats_2d import COCO_STUFF_IDS
 
-    root = tmp_path / "cocostuff"
+    root = tmp_path / "cocostuff" / "dataset"  # the cocostuff repository's README unpacks into dataset/
     labels = {}
     for i, (split, stem) in enumerate((("train2017", "000000000009"), ("val2017", "000000000139"))):
         raw = blocks([0, 17, 91, 181, 255, 123], seed=70 + i)  # person, dog, banner, wood, unlabelled, sky-other
@@ -296,7 +296,7 @@ def write_coco_stuff(tmp_path):
         lut = np.full(256, 255, np.int32)
         lut[[k - 1 for k in COCO_STUFF_IDS]] = np.arange(171)
         labels[stem] = lut[raw]
-    return root, labels
+    return root.parent, labels
 
 
 def write_coco_panoptic(tmp_path):

@@ -294,12 +294,16 @@ class CocoFormat(Format):
 class CocoStuffFormat(Format):
     """COCO-Stuff 164k: ``images/{train,val}2017/*.jpg`` with ``annotations/{train,val}2017/*.png`` (the
     stuffthingmaps: value = COCO id - 1 over 182 ids, 255 unlabelled). The 171 ids in use (80 things, 91 stuff)
-    become classes 0-170; 255 is ignore."""
+    become classes 0-170; 255 is ignore. Root: the ``dataset`` folder of the cocostuff repository's instructions
+    (or the folder above it)."""
 
     name = "coco_stuff"
     num_classes = 171
     image_dir = "images"
     mask_dir = "annotations"
+
+    def locate(self, root):
+        return root / "dataset" if (root / "dataset" / "annotations").is_dir() else root
 
     def default_split(self, split):
         return split
@@ -312,6 +316,7 @@ class CocoStuffFormat(Format):
         return tuple(COCO_THINGS[i] for i in sorted(COCO_THINGS)) + COCO_STUFF
 
     def palette(self, cfg):
+        # the release's label PNGs are grey index maps and it ships no per-class colour table: VOC-style colours
         return voc_palette(171)
 
     def read_label(self, path, cfg):
