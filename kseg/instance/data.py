@@ -64,6 +64,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from kseg.data import synthetic
 from kseg.data.config import _choice, _class_names, _int, _resolve_root, _size, _typed
@@ -305,17 +306,16 @@ def read_nuclei(root):
     Raises:
         DataError: neither is in ``root``, naming the folder and the pip command that fetches the wheel.
     """
-    import tifffile
-
     root = Path(root)
     files = [root / Path(name).name for name in NUCLEI_FILES]
     wheels = sorted(root.glob("stardist-0.9.2-*.whl"))
     try:
+        # 16-bit greyscale TIFFs, which Pillow reads (mode I;16)
         if all(f.is_file() for f in files):
-            image, label = (tifffile.imread(f) for f in files)
+            image, label = (np.asarray(Image.open(f)) for f in files)
         elif wheels:
             with zipfile.ZipFile(wheels[0]) as wheel:
-                image, label = (tifffile.imread(io.BytesIO(wheel.read(name))) for name in NUCLEI_FILES)
+                image, label = (np.asarray(Image.open(io.BytesIO(wheel.read(name)))) for name in NUCLEI_FILES)
         else:
             raise DataError(f"{root}: holds neither the stardist 0.9.2 wheel nor img2d.tif + mask2d.tif; fetch the "
                             f"wheel with `{NUCLEI_PIP} {root}`")
