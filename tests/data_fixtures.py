@@ -386,21 +386,49 @@ def write_nyudv2(tmp_path, n=4):
 
 
 def write_sunrgbd(tmp_path):
-    """``SUNRGBD/kv1/NYUdata/NYU000N/`` frame folders: ``image/*.jpg``, ``depth_bfx/*.png`` (bit-rotated mm),
-    ``intrinsics.txt``, ``seg.mat`` (seglabel over names)."""
-    root = tmp_path / "SUNRGBD"
-    labels = {}
+    """SUN RGB-D as distributed: ``SUNRGBD/kv1/NYUdata/NYU000N/`` frame folders (``image/*.jpg``,
+    ``depth_bfx/*.png`` bit-rotated mm, ``intrinsics.txt``, ``seg.mat`` with seglabel over names) beside
+    ``SUNRGBDtoolbox/`` (``Metadata/SUNRGBDMeta.mat``, ``Metadata/SUNRGBD2Dseg.mat`` as MATLAB v7.3 with one
+    object reference per frame, ``Metadata/seg37list.mat``, ``traintestSUNRGBD/allsplit.mat``: frames 1-2 train,
+    3 test). Expected labels: the toolbox's 37-class ones, where "lamp shade" is lamp (a synonym the toolbox's
+    labels map and frame-name matching does not)."""
+    import h5py
+
+    from kseg.data.formats_rgbd import SUNRGBD_CLASSES
+
+    root = tmp_path / "sunrgbd"
+    toolbox = root / "SUNRGBDtoolbox"
+    (toolbox / "Metadata").mkdir(parents=True)
+    (toolbox / "traintestSUNRGBD").mkdir()
+    labels, seg37, meta = {}, [], []
     for i in range(3):
-        frame = root / "kv1" / "NYUdata" / f"NYU{i + 1:04d}"
         stem = f"NYU{i + 1:04d}"
+        sequence = f"SUNRGBD/kv1/NYUdata/{stem}"
+        frame = root / sequence
         write_rgb(frame / "image" / f"{stem}.jpg", random_image(110 + i))
         write_depth_png(frame / "depth_bfx" / f"{stem}.png", depth_map(110 + i), shifted=True)
         (frame / "intrinsics.txt").write_text("518.86 0 325.58\n0 519.47 253.74\n0 0 1\n")
         names = np.array(["wall", "night_stand", "Chair", "lamp shade"], dtype=object)
         seg = blocks([0, 1, 2, 3, 4], seed=110 + i)
         scipy.io.savemat(frame / "seg.mat", {"seglabel": seg.astype(np.uint16), "names": names})
-        lut = np.array([255, 0, 31, 4, 255])  # unlabelled, wall, night_stand, chair, (no such class)
-        labels[stem] = lut[seg].astype(np.int32)
+        # seg37 ids (1-based, 0 unlabelled): wall 1, night_stand 32, chair 5, lamp 35
+        seg37.append(np.array([0, 1, 32, 5, 35])[seg])
+        labels[stem] = np.where(seg37[-1] == 0, 255, seg37[-1] - 1).astype(np.int32)
+        meta.append((sequence, f"{stem}.jpg", f"{stem}.png"))
+    records = np.zeros((1, len(meta)), [("sequenceName", "O"), ("rgbname", "O"), ("depthname", "O")])
+    for k, entry in enumerate(meta):
+        records[0, k] = entry
+    scipy.io.savemat(toolbox / "Metadata" / "SUNRGBDMeta.mat", {"SUNRGBDMeta": records})
+    with h5py.File(toolbox / "Metadata" / "SUNRGBD2Dseg.mat", "w", userblock_size=512) as f:
+        refs = f.create_group("#refs#")
+        pointers = [refs.create_dataset(f"s{k}", data=label.T.astype(np.float64)).ref for k, label in enumerate(seg37)]
+        f.create_group("SUNRGBD2Dseg").create_dataset("seglabel", data=np.array(pointers).reshape(-1, 1),
+                                                      dtype=h5py.ref_dtype)
+    scipy.io.savemat(toolbox / "Metadata" / "seg37list.mat", {"seg37list": np.array(SUNRGBD_CLASSES, dtype=object)})
+    server = "/n/fs/sun3d/data/"
+    scipy.io.savemat(toolbox / "traintestSUNRGBD" / "allsplit.mat", {
+        "alltrain": np.array([server + m[0] for m in meta[:2]], dtype=object),
+        "alltest": np.array([server + m[0] + "/" for m in meta[2:]], dtype=object)})
     return root, labels
 
 

@@ -21,7 +21,7 @@ CASES = {
     "ade20k": (fx.write_ade20k, {}, "train"),
     "stanford_background": (fx.write_stanford_background, {"splits": {"train": "0-1", "val": "2"}}, "train"),
     "nyudv2": (fx.write_nyudv2, {}, "train"),
-    "sunrgbd": (fx.write_sunrgbd, {"splits": {"train": "0-1", "val": "2"}}, "train"),
+    "sunrgbd": (fx.write_sunrgbd, {"splits": {"train": "train", "val": "test"}}, "train"),
     "scannet": (fx.write_scannet, {"depth": "hha"}, "train"),
     "sun3d": (fx.write_sun3d, {"splits": {"train": "0-1"}}, "train"),
     "uwrgbd": (fx.write_uwrgbd, {"splits": {"train": "0-3"}}, "train"),
@@ -360,3 +360,33 @@ def test_voxel_majority_vote_matches_a_dense_count():
     np.testing.assert_array_equal(grid.ravel(), np.where(occupied, votes.argmax(axis=1), 255))
     np.testing.assert_array_equal(image[..., 0].ravel() > 0, occupied)
     assert (~inside).any() and occupied.sum() > 60  # a grid smaller than the cloud, mostly filled
+
+
+def test_sunrgbd_toolbox_split_and_frame_name_fallback(tmp_path):
+    import shutil
+
+    root, labels = fx.write_sunrgbd(tmp_path)
+    data = validate_data_config({"format": "sunrgbd", "root": str(root / "SUNRGBD"), "image_size": SIZE,
+                                 "splits": {"val": "test"}})
+    assert [fx.sample_key(r[0]) for r in list_samples(data, "val")] == ["NYU0003"]  # alltest
+    shutil.rmtree(root / "SUNRGBDtoolbox")  # without the toolbox: seg.mat names matched to the seg37 names
+    data = validate_data_config(dict(data, splits={"all": "0-2"}))
+    for image_ref, label_ref in list_samples(data, "all"):
+        label = load_sample(data, image_ref, label_ref)[1]
+        want = labels[fx.sample_key(image_ref)]
+        np.testing.assert_array_equal(label, np.where(want == 34, 255, want))  # "lamp shade" is no seg37 name
+
+
+def test_sunrgbd_check_finds_missing_frames_and_bad_label_ids(tmp_path):
+    import h5py
+
+    from kseg.data.tool import check, data_config
+
+    root, _ = fx.write_sunrgbd(tmp_path)
+    missing = root / "SUNRGBD" / "kv1" / "NYUdata" / "NYU0002" / "image" / "NYU0002.jpg"
+    missing.unlink()
+    with h5py.File(root / "SUNRGBDtoolbox" / "Metadata" / "SUNRGBD2Dseg.mat", "a") as f:
+        f["#refs#"]["s2"][0, 0] = 40
+    problems = check(data_config(root, "sunrgbd"), ["train", "val"], progress=False)["problems"]
+    assert any(f"{missing} is missing" in p for p in problems), problems
+    assert any("frame 3 has seglabel values 0-40, outside 0-37" in p for p in problems), problems

@@ -251,12 +251,15 @@ def _nyu_mapping(path):
 
 
 class SunRgbdFormat(RgbdFormat):
-    """SUN RGB-D, the authors' frame folders (``kv1/NYUdata/NYU0001/``, ``realsense/...``, any depth below
-    data.root): ``image/*.jpg``, ``depth_bfx/*.png`` (else ``depth/``; 16-bit, millimetres rotated by 3 bits),
-    ``intrinsics.txt`` and ``seg.mat`` (``seglabel`` indexing ``names``, 0 unlabelled). Object names map to the 37
-    classes by name (other names and unlabelled pixels are ignore). Splits: index ranges over the frames in
-    natural order, or a ``.txt`` list of frame folders relative to data.root (e.g. from the toolbox's
-    allsplit.mat)."""
+    """SUN RGB-D as the authors distribute it: ``SUNRGBD/`` (SUNRGBD.zip: frame folders such as
+    ``SUNRGBD/kv1/NYUdata/NYU0001/`` with ``image/*.jpg``, ``depth_bfx/*.png`` (else ``depth/``; 16-bit,
+    millimetres rotated by 3 bits), ``intrinsics.txt``, ``seg.mat``) beside ``SUNRGBDtoolbox/`` (SUNRGBDtoolbox.zip).
+    The 37-class labels are the toolbox's ``Metadata/SUNRGBD2Dseg.mat`` (MATLAB v7.3; ``seglabel`` holds the seg37
+    ids 1-37 per frame, 0 unlabelled -> ignore) in the frame order of ``Metadata/SUNRGBDMeta.mat`` (sequenceName,
+    rgbname, depthname); splits train / test (val = test) from ``traintestSUNRGBD/allsplit.mat`` (alltrain 5285,
+    alltest 5050 frames), a ``.txt`` list of frame folders relative to data.root, or index ranges. Root: the folder
+    holding SUNRGBD/ and SUNRGBDtoolbox/ (or SUNRGBD/ itself). Without the toolbox, labels come from each frame's
+    ``seg.mat`` object names matched to the seg37 names (other names ignored)."""
 
     name = "sunrgbd"
     num_classes = 37
@@ -270,10 +273,58 @@ class SunRgbdFormat(RgbdFormat):
         return voc_palette(37)
 
     def key_of(self, pair, cfg):
-        return str(Path(split_ref(pair[1])[0]).parent.relative_to(cfg["root"]))
+        return str(Path(split_ref(pair[0])[0]).parents[1].relative_to(cfg["root"]))
+
+    def default_split(self, split):
+        return split if split in ("train", "val", "test") else None
 
     def _resolve(self, cfg, spec, split, problems=None):
         root = Path(cfg["root"])
+        toolbox = _sunrgbd_toolbox(root)
+        if toolbox is not None:
+            pairs, sequences = self._toolbox_pairs(root, toolbox, problems)
+        else:
+            pairs, sequences = self._frame_pairs(root, problems), None
+        if spec in ("train", "test", "val"):
+            if toolbox is None:
+                raise DataError(f"{root}: data.splits.{split} '{spec}' needs the toolbox's "
+                                f"traintestSUNRGBD/allsplit.mat (SUNRGBDtoolbox/ beside SUNRGBD/); or give .txt "
+                                f"lists of frame folders or index ranges")
+            wanted = _sunrgbd_split(str(toolbox / "traintestSUNRGBD" / "allsplit.mat"),
+                                    "alltrain" if spec == "train" else "alltest")
+            return [pair for pair, sequence in zip(pairs, sequences) if sequence in wanted]
+        return self._select(cfg, pairs, spec, split, root)
+
+    @staticmethod
+    def _toolbox_pairs(root, toolbox, problems):
+        """The frames of SUNRGBDMeta.mat with their SUNRGBD2Dseg.mat labels, and their sequence names."""
+        import scipy.io
+
+        meta_path = toolbox / "Metadata" / "SUNRGBDMeta.mat"
+        try:
+            meta = np.atleast_1d(scipy.io.loadmat(meta_path, squeeze_me=True, struct_as_record=False)["SUNRGBDMeta"])
+            frames = [(str(m.sequenceName).strip("/"), str(m.rgbname), str(m.depthname)) for m in meta]
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            raise DataError(f"{meta_path}: cannot read SUNRGBDMeta (sequenceName, rgbname, depthname) ({exc}); "
+                            f"unzip SUNRGBDtoolbox.zip again") from None
+        base = root if (root / "SUNRGBD").is_dir() else root.parent  # sequence names start with SUNRGBD/
+        seg = toolbox / "Metadata" / "SUNRGBD2Dseg.mat"
+        pairs, sequences = [], []
+        for i, (sequence, rgb_name, depth_name) in enumerate(frames):
+            frame = base / sequence
+            rgb = frame / "image" / rgb_name
+            depth = frame / "depth_bfx" / depth_name
+            depth = depth if depth.is_file() else frame / "depth" / depth_name
+            if rgb.is_file() and depth.is_file():
+                pairs.append((join_ref(rgb, depth, frame / "intrinsics.txt"), join_ref(seg, i)))
+                sequences.append(sequence)
+            else:
+                report(problems, f"{meta_path}: frame {i + 1} is {frame} but {rgb if not rgb.is_file() else depth} "
+                                 f"is missing; unzip SUNRGBD.zip beside SUNRGBDtoolbox/")
+        return pairs, sequences
+
+    @staticmethod
+    def _frame_pairs(root, problems):
         pairs = []
         for seg in sorted(root.rglob("seg.mat"), key=natural_key):
             frame = seg.parent
@@ -286,10 +337,28 @@ class SunRgbdFormat(RgbdFormat):
                 continue
             pairs.append((join_ref(rgb[0], depth[0], frame / "intrinsics.txt"), str(seg)))
         if not pairs:
-            raise DataError(f"{root}: no SUN RGB-D frame folder (with seg.mat) found; point data.root at SUNRGBD/")
-        return self._select(cfg, pairs, spec, split, root)
+            raise DataError(f"{root}: no SUN RGB-D frame folder (with seg.mat) and no SUNRGBDtoolbox/ found; point "
+                            f"data.root at the folder holding SUNRGBD/ and SUNRGBDtoolbox/")
+        return pairs
 
-    def read_label(self, path, cfg):
+    def read_label(self, ref, cfg):
+        if ref.endswith("seg.mat"):
+            return self._read_seg_mat(ref, cfg)
+        path, index = split_ref(ref)
+        with _h5(path) as f:
+            try:
+                refs = np.ravel(f["SUNRGBD2Dseg"]["seglabel"][()])
+                raw = np.ascontiguousarray(np.asarray(f[refs[int(index)]]).T).astype(np.int64)  # column-major
+            except (KeyError, IndexError, ValueError, TypeError) as exc:
+                raise DataError(f"{path}: no SUNRGBD2Dseg.seglabel for frame {int(index) + 1} ({exc}); use the "
+                                f"toolbox's Metadata/SUNRGBD2Dseg.mat") from None
+        if raw.min() < 0 or raw.max() > 37:
+            raise DataError(f"{path}: frame {int(index) + 1} has seglabel values {raw.min()}-{raw.max()}, outside "
+                            f"0-37 (the seg37 ids)")
+        return np.where(raw == 0, cfg["ignore_index"], raw - 1).astype(np.int32)
+
+    @staticmethod
+    def _read_seg_mat(path, cfg):
         import scipy.io
 
         try:
@@ -306,6 +375,33 @@ class SunRgbdFormat(RgbdFormat):
         if seg.min() < 0 or seg.max() > len(names):
             raise DataError(f"{path}: seglabel has values up to {seg.max()} but names lists {len(names)} objects")
         return lut[seg]
+
+
+def _sunrgbd_toolbox(root):
+    """The SUNRGBDtoolbox folder beside or inside data.root (its zip may nest it once), or None."""
+    for candidate in (root / "SUNRGBDtoolbox", root.parent / "SUNRGBDtoolbox"):
+        for folder in (candidate, candidate / "SUNRGBDtoolbox"):
+            if (folder / "Metadata" / "SUNRGBD2Dseg.mat").is_file():
+                return folder
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _sunrgbd_split(path, key):
+    """The sequence names (``SUNRGBD/kv1/...``) of allsplit.mat's alltrain or alltest, whose entries are absolute
+    paths on the authors' server (``/n/fs/sun3d/data/SUNRGBD/...``)."""
+    import scipy.io
+
+    try:
+        entries = np.atleast_1d(scipy.io.loadmat(path, squeeze_me=True)[key])
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: cannot read {key} ({exc}); unzip SUNRGBDtoolbox.zip again") from None
+    names = set()
+    for entry in entries:
+        entry = str(entry).rstrip("/")
+        at = entry.find("SUNRGBD/")
+        names.add(entry[at:] if at >= 0 else entry)
+    return frozenset(names)
 
 
 class ScanNetFormat(RgbdFormat):
