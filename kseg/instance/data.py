@@ -426,7 +426,11 @@ def load_instance_sample(data_cfg, image_ref, label_ref):
     Raises:
         DataError: unreadable or inconsistent files; more instances than ``data.max_instances``.
     """
-    cfg = validate_instance_data_config(data_cfg)
+    return _load(validate_instance_data_config(data_cfg), image_ref, label_ref)
+
+
+def _load(cfg, image_ref, label_ref):
+    """`load_instance_sample` of a validated config."""
     sample = fit_instances(read_instance_sample(cfg, image_ref, label_ref), cfg["image_size"], cfg["resize"])
     sample = _drop_small(sample, cfg["min_area"])
     if len(sample["classes"]) > cfg["max_instances"]:
@@ -557,7 +561,7 @@ def build_instance_dataset(data_cfg, split, batch_size, augment=False, shuffle=N
         return tuple(tf.ensure_shape(a, s) for a, s in zip(arrays, shapes))
 
     def decode(image_ref, label_ref):
-        return pad_instances(load_instance_sample(cfg, image_ref.decode(), label_ref.decode()), m)
+        return pad_instances(_load(cfg, image_ref.decode(), label_ref.decode()), m)
 
     def tf_decode(refs):
         return set_shapes(*tf.numpy_function(decode, [refs[0], refs[1]], dtypes, stateful=False))
