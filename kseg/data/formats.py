@@ -9,8 +9,9 @@ image); contents are checked at decode time. With a ``problems`` list, listing c
 unmatched file instead of raising on the first (``kseg data check``).
 
 The registry (`FORMATS`) holds these and the formats of `kseg.data.formats_2d` (PASCAL Context, COCO,
-COCO-Stuff, ADE20K, Stanford Background), `kseg.data.formats_rgbd` (NYU-Depth v2, SUN RGB-D, ScanNet, SUN3D,
-UW RGB-D Object, Stanford 2D-3D-S) and `kseg.data.formats_3d` (ShapeNet part, Sydney Urban Objects).
+COCO-Stuff, COCO panoptic, ADE20K, Stanford Background), `kseg.data.formats_rgbd` (NYU-Depth v2, SUN RGB-D, ScanNet,
+SUN3D, UW RGB-D Object, Stanford 2D-3D-S) and `kseg.data.formats_3d` (ShapeNet part, Sydney Urban Objects, ScanNet
+v2 scenes).
 """
 
 import re

@@ -169,6 +169,7 @@ class PascalContextFormat(Format):
         return tuple(f"label_{i}" for i in range(1, 460))
 
     def palette(self, cfg):
+        # the authors' release defines no colours (labels.txt has names only): VOC-style colours
         return voc_palette(cfg["num_classes"])
 
     def read_label(self, path, cfg):
