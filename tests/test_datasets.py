@@ -333,9 +333,14 @@ def test_read_ply_gives_the_vertices_of_every_encoding(fmt, tmp_path):
 def test_scannet3d_splits_and_ply_faults(tmp_path):
     from kseg.data.tool import check, data_config
 
+    from kseg.data import dataset_info
+
     root, _ = fx.write_scannet3d(tmp_path)
     data = validate_data_config({"format": "scannet3d", "root": str(root), "volume_size": VOLUME,
                                  "voxel_size": 0.25})
+    info = dataset_info(data)  # ScanNet's colours of NYU40 wall (1) and otherfurniture (39)
+    assert info["palette"][0] == (174, 199, 232) and info["palette"][19] == (82, 84, 163)
+    assert info["class_names"][19] == "otherfurniture" and len(info["palette"]) == 20
     assert [fx.sample_key(r[0]) for r in list_samples(data, "val")] == ["scene0001_00_vh_clean_2.labels"]
     binary = root / "scans" / "scene0000_00" / "scene0000_00_vh_clean_2.labels.ply"
     binary.write_bytes(binary.read_bytes()[:-2000])  # cut into the vertices

@@ -298,15 +298,8 @@ class SunRgbdFormat(RgbdFormat):
     @staticmethod
     def _toolbox_pairs(root, toolbox, problems):
         """The frames of SUNRGBDMeta.mat with their SUNRGBD2Dseg.mat labels, and their sequence names."""
-        import scipy.io
-
         meta_path = toolbox / "Metadata" / "SUNRGBDMeta.mat"
-        try:
-            meta = np.atleast_1d(scipy.io.loadmat(meta_path, squeeze_me=True, struct_as_record=False)["SUNRGBDMeta"])
-            frames = [(str(m.sequenceName).strip("/"), str(m.rgbname), str(m.depthname)) for m in meta]
-        except (OSError, ValueError, KeyError, AttributeError) as exc:
-            raise DataError(f"{meta_path}: cannot read SUNRGBDMeta (sequenceName, rgbname, depthname) ({exc}); "
-                            f"unzip SUNRGBDtoolbox.zip again") from None
+        frames = _sunrgbd_frames(str(meta_path))
         base = root if (root / "SUNRGBD").is_dir() else root.parent  # sequence names start with SUNRGBD/
         seg = toolbox / "Metadata" / "SUNRGBD2Dseg.mat"
         pairs, sequences = [], []
@@ -384,6 +377,19 @@ def _sunrgbd_toolbox(root):
             if (folder / "Metadata" / "SUNRGBD2Dseg.mat").is_file():
                 return folder
     return None
+
+
+@functools.lru_cache(maxsize=2)
+def _sunrgbd_frames(path):
+    """``(sequenceName, rgbname, depthname)`` of every frame of SUNRGBDMeta.mat (cached: the file is large)."""
+    import scipy.io
+
+    try:
+        meta = np.atleast_1d(scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)["SUNRGBDMeta"])
+        return tuple((str(m.sequenceName).strip("/"), str(m.rgbname), str(m.depthname)) for m in meta)
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        raise DataError(f"{path}: cannot read SUNRGBDMeta (sequenceName, rgbname, depthname) ({exc}); unzip "
+                        f"SUNRGBDtoolbox.zip again") from None
 
 
 @functools.lru_cache(maxsize=4)
