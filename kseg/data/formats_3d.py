@@ -122,7 +122,7 @@ def read_ply(path, element="vertex"):
     if len(data) < offset + count * dtype.itemsize:
         raise DataError(f"{path}: {len(data) - offset} bytes for {count} '{element}' records of {dtype.itemsize} "
                         f"bytes; the file is truncated")
-    return np.frombuffer(data, dtype, count, offset)
+    return np.frombuffer(data, dtype, count, offset).copy()  # writable, like the ASCII result
 
 
 def voxel_indices(points, volume_size, voxel_size):
