@@ -74,7 +74,7 @@ image_dir and mask_dir mean the same as for images::
         intensity_scale: 0.1  # image x U(1 - s, 1 + s) per channel; = 0
         intensity_shift: 0.1  # image + U(-t, t) x its standard deviation per channel; = 0
 
-Point clouds (``format: shapenet_part | sydney_urban``) are voxelised (`kseg.data.formats_3d`): like volumes they
+Point clouds (``format: shapenet_part | sydney_urban | scannet3d``) are voxelised (`kseg.data.formats_3d`): like volumes they
 take ``volume_size`` and the volume augmentations, plus ``voxel_size: 0.0625`` (required; the clouds' units),
 one channel (occupancy).
 
