@@ -6,7 +6,7 @@ import pytest
 
 import data_fixtures as fx
 from kseg.cli import main
-from kseg.data.tool import check, data_config
+from kseg.data.tool import check, data_config, split_names
 
 ISSUE_FORMATS = ("folder voc sbd cityscapes isbi pascal_context coco coco_stuff ade20k stanford_background nyudv2 "
                  "sunrgbd sun3d scannet uwrgbd stanford2d3d shapenet_part sydney_urban nifti "
@@ -100,3 +100,121 @@ def test_check_a_config_file_with_overrides(tmp_path, capsys):
     assert "faults: 0" in out
     assert main(["data", "check", str(config), f"data.root={root}", "--format", "voc"]) == 2  # config: nyudv2
     assert "data.format is 'nyudv2' but --format says 'voc'" in capsys.readouterr().err
+
+
+# -- instance datasets ---------------------------------------------------------------------------------------------
+
+def write_instance_folder(root, n=8):
+    """Image i holds (i % 3) + 1 instances of 6x8 pixels; instance k has id 1000 + k (a 16-bit map) and class
+    1 + k % 2 in the class map. Returns the instances per image."""
+    counts = [i % 3 + 1 for i in range(n)]
+    for i, count in enumerate(counts):
+        fx.write_rgb(root / "images" / f"cell_{i}.png", fx.random_image(i))
+        inst, cls = np.zeros((fx.H, fx.W), np.uint16), np.zeros((fx.H, fx.W), np.uint8)
+        for k in range(count):
+            window = np.s_[2:8, 2 + 10 * k:10 + 10 * k]
+            inst[window], cls[window] = 1000 + k, 1 + k % 2
+        (root / "masks").mkdir(exist_ok=True)
+        assert cv2.imwrite(str(root / "masks" / f"cell_{i}.png"), inst)
+        fx.write_gray(root / "classes" / f"cell_{i}.png", cls)
+    return counts
+
+
+def instance_config(tmp_path, root):
+    import yaml
+
+    config = tmp_path / "maskrcnn_cells.yaml"
+    config.write_text(yaml.safe_dump({"model": {"name": "maskrcnn"}, "data": {
+        "format": "instance_folder", "root": str(root), "image_size": [fx.H, fx.W], "num_classes": 3,
+        "class_dir": "classes", "max_instances": 3, "min_area": 10}}))
+    return config
+
+
+def break_instance_folder(root):
+    """One fault or warning of each kind; returns ({file: phrase of its fault}, {file: phrase of its warning})."""
+    images, masks, classes = root / "images", root / "masks", root / "classes"
+    (images / "cell_0.png").write_bytes(b"\x89PNG truncated")                     # unreadable image
+    fx.write_gray(masks / "cell_1.png", np.ones((fx.H, fx.W + 4)))                 # map of another size
+    many = np.zeros((fx.H, fx.W), np.uint8)
+    many[10:14, 0:30] = np.repeat(np.arange(1, 6), 6)                            # 5 instances of 24 pixels
+    fx.write_gray(masks / "cell_2.png", many)
+    fx.write_gray(classes / "cell_2.png", (many > 0) * 1)
+    cls = cv2.imread(str(classes / "cell_3.png"), cv2.IMREAD_UNCHANGED)
+    fx.write_gray(classes / "cell_3.png", np.where(cls > 0, 5, 0))               # class outside 0-2
+    tiny, cls = (cv2.imread(str(folder / "cell_4.png"), cv2.IMREAD_UNCHANGED) for folder in (masks, classes))
+    tiny[20:23, 30], cls[20:23, 30] = 7, 1                                       # a 3-pixel instance
+    assert cv2.imwrite(str(masks / "cell_4.png"), tiny) and cv2.imwrite(str(classes / "cell_4.png"), cls)
+    fx.write_gray(masks / "cell_5.png", np.zeros((fx.H, fx.W)))                  # no instance
+    (masks / "cell_6.png").unlink()                                              # image without its map
+    (classes / "cell_7.png").unlink()                                            # map without its class map
+    fx.write_gray(masks / "orphan.png", np.zeros((fx.H, fx.W)))                  # map without an image
+    faults = {images / "cell_0.png": "cannot read image",
+              masks / "cell_1.png": "instance map is 36x24 but its image",
+              masks / "cell_2.png": "5 instances but data.max_instances is 3",
+              classes / "cell_3.png": "class values 0-5 are outside 0-2",
+              images / "cell_6.png": "no mask for this image",
+              masks / "cell_7.png": "no class map for it",
+              masks / "orphan.png": "mask without an image"}
+    warnings = {masks / "cell_4.png": "1 of 3 instances have fewer than data.min_area 10 pixels at 24x32",
+                masks / "cell_5.png": "no instance"}
+    return faults, warnings
+
+
+def test_check_instance_dataset_statistics_and_every_fault(tmp_path, capsys):
+    root = tmp_path / "cells"
+    counts = write_instance_folder(root)
+    config = instance_config(tmp_path, root)
+    clean = check(data_config(config), progress=False)
+    assert clean["problems"] == [] and clean["warnings"] == [] and clean["samples"] == {"all": 8}
+    np.testing.assert_array_equal(clean["counts"], counts)
+    np.testing.assert_array_equal(clean["areas"], [48] * sum(counts))
+    # instance k is class 1 + k % 2: k = 0 in every image, k = 2 in those with three
+    np.testing.assert_array_equal(clean["classes"],
+                                  [0, len(counts) + counts.count(3), counts.count(2) + counts.count(3)])
+    assert clean["sizes"] == {(fx.W, fx.H): 8} and clean["dropped"] == 0
+    # a folder without a config: no class maps, every instance class 1
+    assert main(["data", "check", str(root), "--format", "instance_folder", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "instance dataset: instance_folder" in out and "instances per image: min 1, median 2, max 3" in out
+    assert f"1 class_1                          {sum(counts)} 100.00%" in out and "faults: 0" in out
+
+    faults, warnings = break_instance_folder(root)
+    result = check(data_config(config), progress=False)
+    assert len(result["problems"]) == len(faults), result["problems"]
+    for path, phrase in faults.items():
+        assert any(p.startswith(str(path)) and phrase in p for p in result["problems"]), (path, result["problems"])
+    assert len(result["warnings"]) == len(warnings), result["warnings"]
+    for path, phrase in warnings.items():
+        assert any(w.startswith(str(path)) and phrase in w for w in result["warnings"]), (path, result["warnings"])
+    assert result["dropped"] == 1 and result["samples"] == {"all": 6}  # cell_6 and cell_7 left out
+    assert main(["data", "check", str(config), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "faults: 7" in out and "warnings: 2" in out and "dropped in training (< 10 pixels at 24x32): 1" in out
+
+
+def test_show_instance_dataset_draws_each_instance(tmp_path):
+    from kseg import viz
+    from kseg.instance import data as idata
+
+    root = tmp_path / "cells"
+    write_instance_folder(root, n=5)
+    config = instance_config(tmp_path, root)
+    out = tmp_path / "cells.png"
+    assert main(["data", "show", str(config), "--out", str(out), "--num", "4", "--seed", "0"]) == 0
+    grid = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    assert grid.shape == (2 * fx.H, 2 * fx.W, 3)  # 2 x 2 tiles at data.image_size
+    cfg = data_config(config)
+    pairs = idata.list_instance_samples(cfg, split_names(cfg)[0])  # "all": every image of the folder
+    first = idata.load_instance_sample(cfg, *pairs[sorted(np.random.default_rng(0).permutation(5)[:4])[0]])
+    np.testing.assert_array_equal(grid[:fx.H, :fx.W], viz.draw_instances(first["image"], first,
+                                                                          idata.instance_class_names(cfg)))
+    painted = first["masks"].any(axis=0)
+    assert (grid[:fx.H, :fx.W][painted] != first["image"][painted]).any(axis=-1).mean() > 0.9
+
+
+def test_formats_lists_the_instance_datasets(capsys):
+    assert main(["data", "formats"]) == 0
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert {name for name, kind in rows if kind == "instance"} == {"coco", "instance_synthetic", "instance_folder",
+                                                                   "nuclei"}
+    assert ["coco", "2D"] in rows  # COCO read as semantic labels stays listed
