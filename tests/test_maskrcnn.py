@@ -174,3 +174,143 @@ def test_loss_values_by_hand():
     logits = tf.constant([[[0.0, 0.0], [1.0, -1.0]], [[5.0, 5.0], [5.0, 5.0]]])
     want = (math.log(2) * 2 + math.log(1 + math.exp(1)) * 2) / 4  # ROI 1 is not foreground
     assert float(losses.mask_loss(targets, logits, tf.constant([1.0, 0.0]))) == pytest.approx(want, rel=1e-6)
+
+
+# -- the network ---------------------------------------------------------------------------------------------------
+
+TINY = dict(num_classes=3, input_shape=(64, 64, 3), backbone="mobilenetv2", backbone_kwargs={"alpha": 0.35},
+            fpn_filters=32, box_head_units=64, mask_head_filters=32, anchor_sizes=(8, 16, 32, 64, 128),
+            rpn_pre_nms_topk=(200, 100), rpn_post_nms_topk=(100, 50), rois_per_image=64, max_detections=10)
+
+
+def synthetic_batch(batch=2, size=64, max_instances=4, seed=0):
+    """Images of 1-3 shapes on a noisy background: class 1 = bright rectangle, class 2 = dark ellipse; the
+    training-batch contract (image, boxes [y1, x1, y2, x2], classes, masks)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images = rng.normal(128, 10, (batch, size, size, 3))
+    boxes = np.zeros((batch, max_instances, 4), np.float32)
+    classes = np.zeros((batch, max_instances), np.int32)
+    masks = np.zeros((batch, max_instances, size, size), np.uint8)
+    for b in range(batch):
+        for i in range(rng.integers(1, 4)):
+            h, w = rng.integers(size // 5, size // 2, 2)
+            y, x = rng.integers(0, size - h), rng.integers(0, size - w)
+            cls = int(rng.integers(1, 3))
+            if cls == 1:
+                mask = (yy >= y) & (yy < y + h) & (xx >= x) & (xx < x + w)
+            else:
+                mask = ((yy + 0.5 - y - h / 2) / (h / 2)) ** 2 + ((xx + 0.5 - x - w / 2) / (w / 2)) ** 2 <= 1
+            images[b][mask] = (230.0, 200.0, 60.0) if cls == 1 else (30.0, 60.0, 200.0)
+            for j in range(i):  # later shapes cover earlier ones
+                masks[b, j] &= ~mask
+            masks[b, i] = mask
+            boxes[b, i] = (y, x, y + h, x + w)
+            classes[b, i] = cls
+    return {"image": np.clip(images, 0, 255).astype(np.float32), "boxes": boxes, "classes": classes, "masks": masks}
+
+
+def _total_loss(model, batch):
+    tf.random.set_seed(0)  # the same anchor and ROI draws before and after training
+    # training-mode BN (batch statistics): a few steps barely move the moving averages inference mode uses
+    return float(tf.add_n(list(model.compute_losses(batch, training=True).values())))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """The tiny model after a few eager training steps (eager: tracing the training graph takes minutes on two
+    busy cores; the graph path runs in the slow test)."""
+    import keras
+
+    import kseg
+
+    keras.utils.set_random_seed(0)
+    model = kseg.create_model("maskrcnn", **TINY)
+    batch = synthetic_batch()
+    before = _total_loss(model, batch)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), run_eagerly=True)
+    logs = [model.train_on_batch(batch, return_dict=True) for _ in range(4)]
+    return model, batch, before, logs
+
+
+def test_training_steps_lower_the_loss(trained):
+    model, batch, before, logs = trained
+    assert set(logs[-1]) == {"loss", "rpn_class_loss", "rpn_box_loss", "class_loss", "box_loss", "mask_loss"}
+    assert all(np.isfinite(v) for log in logs for v in log.values())
+    after = _total_loss(model, batch)
+    assert after < 0.85 * before, (before, after)
+
+
+def test_detection_contract_and_save_reload(trained, tmp_path):
+    import keras
+
+    model, batch, _, _ = trained
+    images = batch["image"]
+    out = {k: v.numpy() for k, v in model(images).items()}
+    d = TINY["max_detections"]
+    assert {k: (v.shape, v.dtype) for k, v in out.items()} == {
+        "boxes": ((2, d, 4), np.float32), "scores": ((2, d), np.float32), "classes": ((2, d), np.int32),
+        "masks": ((2, d, 28, 28), np.float32), "num_detections": ((2,), np.int32)}
+    n = out["num_detections"]
+    assert (n > 0).all()
+    for b in range(2):  # empty slots are zero, present ones are sorted valid detections
+        assert (out["classes"][b, n[b]:] == 0).all() and not out["boxes"][b, n[b]:].any()
+        assert not out["masks"][b, n[b]:].any() and not out["scores"][b, n[b]:].any()
+        assert ((out["classes"][b, :n[b]] >= 1) & (out["classes"][b, :n[b]] <= 2)).all()
+        assert (np.diff(out["scores"][b, :n[b]]) <= 0).all() and (out["scores"][b, :n[b]] >= 0.05).all()
+        present = out["boxes"][b, :n[b]]
+        assert (present >= 0).all() and (present <= 64).all() and (present[:, 2:] >= present[:, :2]).all()
+    path = tmp_path / "maskrcnn.keras"
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    again = reloaded(images)
+    for key, value in out.items():
+        np.testing.assert_array_equal(again[key].numpy(), value, err_msg=key)
+    # predict runs the graph with an unknown batch size (tf.map_fn per image instead of the static loop)
+    predicted = reloaded.predict(images, verbose=0)
+    for key, value in out.items():
+        np.testing.assert_allclose(predicted[key], value, atol=1e-5, err_msg=key)
+
+
+def test_inference_model_converts_to_builtin_tflite_and_matches(trained):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export.convert import to_tflite
+    from export.flatbuffer import load, ops as tflite_ops
+    model, batch, _, _ = trained
+    image = batch["image"][:1]
+    flatbuffer = to_tflite(model.inference_model(), "float32")
+    names = {op.name for op in tflite_ops(load(flatbuffer))}
+    assert "NON_MAX_SUPPRESSION_V4" in names and "GATHER" in names
+    assert not any(n.startswith(("Flex", "BUILTIN_")) or n == "CUSTOM" for n in names), names
+    runner = Interpreter(model_content=flatbuffer).get_signature_runner()
+    got = runner(**{runner.get_input_details().popitem()[0]: image})
+    want = {k: v.numpy() for k, v in model(image).items()}
+    n = int(want["num_detections"][0])
+    assert n > 0 and int(got["num_detections"][0]) == n
+    np.testing.assert_array_equal(got["classes"], want["classes"])
+    # tolerances: float32 kernels (XNNPACK) against TensorFlow's, summed over the whole network
+    np.testing.assert_allclose(got["boxes"][0, :n], want["boxes"][0, :n], atol=1e-2)
+    np.testing.assert_allclose(got["scores"][0, :n], want["scores"][0, :n], atol=1e-4)
+    np.testing.assert_allclose(got["masks"][0, :n], want["masks"][0, :n], atol=1e-3)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"input_shape": (96, 96, 3)}, "divisible by 64"),
+    ({"num_classes": 1}, "background"),
+    ({"anchor_sizes": (8, 16, 32)}, "anchor_sizes"),
+    ({"roi_positive_fraction": 0.0}, "roi_positive_fraction"),
+    ({"rpn_post_nms_topk": (10, 10, 10)}, "rpn_post_nms_topk"),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, match):
+    import kseg
+
+    with pytest.raises(ValueError, match=match):
+        kseg.create_model("maskrcnn", **{**TINY, **kwargs})
+
+
+def test_registered_as_instance_model():
+    import kseg
+
+    assert kseg.model_task("maskrcnn") == "instance"
+    assert "maskrcnn" not in kseg.list_models(task="semantic")
