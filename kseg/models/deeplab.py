@@ -10,9 +10,10 @@
 The dense CRF post-processing of v1/v2 is not part of these networks.
 """
 
-from kseg.models.backbones import build_backbone
+from kseg.models.backbones import build_backbone, check_multi_grid
 from kseg.models.blocks import (check_input_shape, conv_bn_relu, get_keras, logits_head, separable_conv_bn_relu,
                                 upsample_bilinear, upsample_logits)
+from kseg.models.fcn import load_vgg16_classifier
 from kseg.models.registry import register_model
 
 # DeepLabv3's ASPP rates per output stride (doubled at stride 8 so that they cover the same image area).
@@ -32,9 +33,15 @@ def deeplabv1(num_classes, input_shape=(512, 512, 3), backbone="vgg16", output_s
     classifier; the logits are upsampled bilinearly to the input size (the paper upsampled its stride-8 scores
     bilinearly too, before the CRF).
 
+    fc6/fc7 are initialised as in the paper when ``weights`` is a local VGG16 file with its classifier
+    (``fc1``/``fc2``): VGG16's fully connected layers decimated to 3x3 taps and ``fc_filters`` filters
+    (``kseg.models.fcn.load_vgg16_classifier``).
+
     Deviations from the paper: no fully connected CRF (a separate post-processing step); fc6/fc7 start from random
-    weights (the paper subsampled VGG16's fully connected layers into them); VGG16's other pooling layers stay
-    2x2 (the paper's were 3x3, stride 2, padding 1).
+    weights with ``weights="imagenet"`` (keras.applications downloads the file without the top) or a file without
+    the top; the filters kept by the decimation (every 4th of 4096) are the reduced VGG16 of ParseNet/SSD, which
+    the paper's "subsample" does not spell out; VGG16's other pooling layers stay 2x2 (the paper's were 3x3,
+    stride 2, padding 1).
 
     Args:
         num_classes: number of output channels (logits).
@@ -45,7 +52,8 @@ def deeplabv1(num_classes, input_shape=(512, 512, 3), backbone="vgg16", output_s
         fc6_dilation: atrous rate of fc6 (12 in LargeFOV).
         dropout: dropout rate after fc6 and after fc7 (0.5 in the paper).
         batch_norm: BatchNormalization in fc6 and fc7 (Conv -> BN -> ReLU); the paper had none.
-        weights: backbone weights: ``None``, ``"imagenet"`` or a file path.
+        weights: backbone weights: ``None``, ``"imagenet"`` or a file path; a VGG16 file with the top also fills
+            fc6/fc7 (needs ``batch_norm=False`` and ``fc_filters`` dividing 4096, else ``ModelFileError``).
         keras_module: ``keras`` (default) or ``tf_keras`` for the Keras 2 twin.
         name: model name and layer-name prefix.
         backbone_kwargs: extra backbone arguments, e.g. ``{"alpha": 0.35}`` for MobileNetV2.
@@ -71,7 +79,10 @@ def deeplabv1(num_classes, input_shape=(512, 512, 3), backbone="vgg16", output_s
     x = _fc_branch(K, features["P5"], fc_filters, fc6_dilation, dropout, batch_norm, name)
     x = logits_head(K, x, num_classes, f"{name}_fc8")
     outputs = upsample_logits(K, x, output_stride, f"{name}_upsample")
-    return K.Model(inputs, outputs, name=name)
+    model = K.Model(inputs, outputs, name=name)
+    if backbone == "vgg16":
+        load_vgg16_classifier(model, weights, name, subsample=True)
+    return model
 
 
 @register_model
@@ -139,7 +150,8 @@ def deeplabv2(num_classes, input_shape=(512, 512, 3), backbone="resnet50", outpu
 
 @register_model
 def deeplabv3(num_classes, input_shape=(512, 512, 3), backbone="resnet50", output_stride=16, aspp_filters=256,
-              dropout=0.1, weights=None, keras_module=None, name="deeplabv3", backbone_kwargs=None):
+              dropout=0.1, multi_grid=(1, 2, 4), weights=None, keras_module=None, name="deeplabv3",
+              backbone_kwargs=None):
     """DeepLab v3: a dilated backbone, ASPP with image-level features, a 1x1 classifier and bilinear upsampling.
 
     ASPP (``aspp``, shared with DeepLabv3+): a 1x1 conv, three 3x3 convs at rates 6/12/18 (12/24/36 at output
@@ -147,9 +159,14 @@ def deeplabv3(num_classes, input_shape=(512, 512, 3), backbone="resnet50", outpu
     ``aspp_filters`` (256), concatenated, projected by a 1x1 conv-BN-ReLU, dropout; then a 1x1 classifier and a
     bilinear upsampling by ``output_stride`` to the input size.
 
-    Deviations from the paper: no multi-grid (1, 2, 4) in the last block (the backbone contract dilates every
-    3x3 conv of a stage by the same rate); ResNet50 by default (the paper: ResNet-101); dropout after the ASPP
-    projection (from the authors' released code, not in the paper).
+    Multi-grid (sections 3.2 and 4.1): the three units of the last ResNet block (block4, Keras' ``conv5``) take
+    their block's atrous rate times the unit rates ``multi_grid``, (1, 2, 4) as in the paper's ASPP model: 3x3
+    rates 2, 4, 8 at output stride 16 and 4, 8, 16 at output stride 8 (``kseg.models.backbones`` defines the last
+    block of the other backbones).
+
+    Deviations from the paper: ResNet50 by default (the paper: ResNet-101); dropout after the ASPP projection
+    (from the authors' released code, not in the paper); multi-grid on backbones other than ResNet is kseg's
+    extension (the paper defines it for ResNet's block4).
 
     Args:
         num_classes: number of output channels (logits).
@@ -158,6 +175,8 @@ def deeplabv3(num_classes, input_shape=(512, 512, 3), backbone="resnet50", outpu
         output_stride: 16 (the paper's training setting) or 8 (its best inference setting, about 4x the cost).
         aspp_filters: filters of every ASPP branch and of its projection.
         dropout: dropout rate after the ASPP projection.
+        multi_grid: unit rates of the last block's units, ``(1, 2, 4)`` (the paper), or ``None`` for one rate
+            per block (every 3x3 conv of the block at the block's rate).
         weights: backbone weights: ``None``, ``"imagenet"`` or a file path.
         keras_module: ``keras`` (default) or ``tf_keras`` for the Keras 2 twin.
         name: model name and layer-name prefix.
@@ -175,10 +194,11 @@ def deeplabv3(num_classes, input_shape=(512, 512, 3), backbone="resnet50", outpu
     K = get_keras(keras_module)
     _check(input_shape, output_stride, dropout)
     _check_positive("aspp_filters", aspp_filters)
+    check_multi_grid(multi_grid)
 
     inputs = K.Input(input_shape, name=f"{name}_image")
     features = build_backbone(backbone, inputs, weights=weights, output_stride=output_stride, keras_module=K,
-                              **(backbone_kwargs or {}))
+                              multi_grid=multi_grid, **(backbone_kwargs or {}))
     x = aspp(K, features["P5"], aspp_filters, ATROUS_RATES[output_stride], dropout, f"{name}_aspp")
     x = logits_head(K, x, num_classes, f"{name}_logits")
     outputs = upsample_logits(K, x, output_stride, f"{name}_upsample")

@@ -1,9 +1,12 @@
 """FCN-32s, FCN-16s and FCN-8s: Long, Shelhamer and Darrell, "Fully Convolutional Networks for Semantic
 Segmentation", CVPR 2015, arXiv 1411.4038."""
 
+import os
+
 import numpy as np
 
-from kseg.models.backbones import build_backbone
+from kseg.errors import ModelFileError
+from kseg.models.backbones import build_backbone, read_named_weights
 from kseg.models.blocks import check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_logits
 from kseg.models.registry import register_model
 
@@ -59,8 +62,9 @@ def fcn8s(num_classes, input_shape=(512, 512, 3), backbone="vgg16", fc_filters=4
       ``block4_conv3`` for VGG16, where the paper tapped ``pool4`` and ``pool3`` (the inputs of those blocks).
     * "same" padding everywhere and H, W divisible by 32, instead of the paper's 100-pixel input padding and
       cropping offsets; so the 2x upsamplings meet the skip features exactly.
-    * fc6/fc7 start from random weights: ``keras.applications`` has no convolutionalised VGG16 classifier (the
-      paper initialised them from VGG16's fully connected layers); ``weights`` loads the backbone only.
+    * fc6/fc7 come from VGG16's fully connected layers only when ``weights`` is a local VGG16 file *with* its
+      classifier (``fc1``/``fc2``, see ``load_vgg16_classifier``); otherwise (``"imagenet"``, which downloads the
+      file without the top, or a file without the top) they start from random weights.
     * Trained at once, not in the paper's stages (FCN-32s, then 16s, then 8s, each from the previous).
 
     Args:
@@ -70,7 +74,11 @@ def fcn8s(num_classes, input_shape=(512, 512, 3), backbone="vgg16", fc_filters=4
         fc_filters: filters of fc6 and fc7 (4096 in the paper, i.e. VGG16's fully connected layers).
         dropout: dropout rate after fc6 and after fc7 (0.5 in the paper).
         batch_norm: BatchNormalization in fc6 and fc7 (Conv -> BN -> ReLU); the paper had none.
-        weights: backbone weights: ``None``, ``"imagenet"`` or a file path.
+        weights: backbone weights: ``None``, ``"imagenet"`` or a file path. A VGG16 file with the top
+            (``keras.applications.VGG16(include_top=True)``'s, e.g. ``~/.keras/models/
+            vgg16_weights_tf_dim_ordering_tf_kernels.h5``) also fills fc6 and fc7, the paper's
+            convolutionalisation: fc6 = ``fc1``'s kernel reshaped to 7x7x512x4096, fc7 = ``fc2``'s to 1x1x4096x4096
+            (needs ``fc_filters=4096`` and ``batch_norm=False``, else ``ModelFileError``).
         keras_module: ``keras`` (default) or ``tf_keras`` for the Keras 2 twin.
         name: model name and layer-name prefix.
         backbone_kwargs: extra backbone arguments, e.g. ``{"alpha": 0.35}`` for MobileNetV2.
@@ -121,7 +129,86 @@ def _fcn(num_classes, input_shape, backbone, fc_filters, dropout, batch_norm, we
     model = K.Model(inputs, outputs, name=name)
     for up in upscores:
         up.set_weights([bilinear_kernel(4, num_classes)])
+    if backbone == "vgg16":
+        load_vgg16_classifier(model, weights, name, subsample=False)
     return model
+
+
+def load_vgg16_classifier(model, weights, prefix, subsample):
+    """Fill the conv layers ``{prefix}_fc6`` / ``{prefix}_fc7`` from VGG16's fully connected ``fc1`` / ``fc2``.
+
+    "Convolutionalization" (Long et al., FCN, section 3.1): ``fc1`` (25088 -> 4096) reads the flattened 7x7x512
+    ``block5_pool`` in Keras' channels-last order, so its kernel reshaped to (7, 7, 512, 4096) is a 7x7 conv that
+    gives, on every 7x7 window, the dense layer's output on that window; ``fc2`` (4096 -> 4096) is a 1x1 conv.
+    With ``subsample`` (DeepLab v1, Chen et al., ICLR 2015, arXiv 1412.7062, sections 3.1 and 4.1: fc6 "spatially
+    subsampled by simple decimation" to 3x3 at a larger input stride, and 1024 instead of 4096 filters) the
+    7x7 taps are decimated to fc6's k x k (every 3rd tap for 3x3: rows and columns 0, 3, 6) and the filters of
+    fc6 and fc7 (and fc7's inputs) to every (4096 / fc_filters)-th, the reduced VGG16 of ParseNet and SSD
+    that DeepLab started from. On a 7x7 window, the decimated fc6 at dilation 3 equals ``fc1`` on the taps it
+    keeps (the others zero), restricted to the kept filters.
+
+    Does nothing unless ``weights`` is a local file holding ``fc1`` (a file without the top, ``"imagenet"`` or
+    ``None`` leave fc6/fc7 as built).
+
+    Args:
+        model: the built model, with layers ``{prefix}_fc6`` (k x k conv on the backbone's last features) and
+            ``{prefix}_fc7`` (1x1 conv).
+        weights: the builder's ``weights`` argument.
+        prefix: the model's layer-name prefix.
+        subsample: decimate to fc6's kernel size and filter count (DeepLab v1); else they must match exactly.
+
+    Returns:
+        True when fc6/fc7 were loaded.
+
+    Raises:
+        ModelFileError: the file has ``fc1`` but not ``fc2``, or shapes that do not fit fc6/fc7 (the message says
+            which builder argument to change).
+
+    Example:
+        >>> import kseg
+        >>> model = kseg.create_model("fcn32s", num_classes=21, input_shape=(224, 224, 3),  # doctest: +SKIP
+        ...                           weights="vgg16_weights_tf_dim_ordering_tf_kernels.h5")
+    """
+    if weights is None or weights == "imagenet":
+        return False
+    path = os.fspath(weights)
+    stored = read_named_weights(path, layers=("fc1", "fc2"))
+    if "fc1" not in stored:
+        return False
+    fc6, fc7 = model.get_layer(f"{prefix}_fc6"), model.get_layer(f"{prefix}_fc7")
+    hint = "or pass a VGG16 weights file without the classifier (include_top=False) to load the backbone only"
+    if "fc2" not in stored or len(stored["fc1"]) != 2 or len(stored["fc2"]) != 2:
+        shapes = {layer: [a.shape for a in arrays] for layer, arrays in stored.items()}
+        raise ModelFileError(f"{path}: VGG16's classifier needs fc1 and fc2, each a kernel and a bias; found "
+                             f"{shapes}")
+    (w6, b6), (w7, b7) = stored["fc1"], stored["fc2"]
+    k, _, channels, filters = fc6.get_weights()[0].shape
+    width = w6.shape[-1]
+    window = int(round((w6.shape[0] / channels) ** 0.5)) if w6.ndim == 2 else 0
+    if window * window * channels != w6.shape[0] or w7.shape != (width, width) or b6.shape != (width,):
+        raise ModelFileError(f"{path}: fc1 {w6.shape} and fc2 {w7.shape} are not VGG16's classifier on a "
+                             f"flattened window of the backbone's last features (a square x square x {channels} "
+                             f"window -> n, then n -> n); {hint}")
+    if not (fc6.use_bias and fc7.use_bias):
+        raise ModelFileError(f"{path} holds VGG16's fc1/fc2, which have biases, but {prefix}_fc6/fc7 are built "
+                             f"with batch_norm=True (no bias): build with batch_norm=False {hint}")
+    if subsample:
+        if not 1 < k <= window or (window - 1) % (k - 1) or width % filters:
+            raise ModelFileError(f"{path}: cannot decimate fc1 ({window}x{window}x{channels} -> {width}) to "
+                                 f"{prefix}_fc6 ({k}x{k}x{channels} -> {filters}): (window - 1) must be a multiple "
+                                 f"of (kernel - 1) and {width} of fc_filters; use fc_filters dividing {width}, "
+                                 f"{hint}")
+        tap, every = (window - 1) // (k - 1), width // filters
+    elif (k, filters) != (window, width):
+        raise ModelFileError(f"{path}: fc1 is a {window}x{window}x{channels} -> {width} classifier but "
+                             f"{prefix}_fc6 is {k}x{k}x{channels} -> {filters}: build with fc_filters={width}, "
+                             f"{hint}")
+    else:
+        tap, every = 1, 1
+    kernel6 = w6.reshape(window, window, channels, width)[::tap, ::tap, :, ::every]
+    fc6.set_weights([kernel6, b6[::every]])
+    fc7.set_weights([w7[::every, ::every].reshape(1, 1, filters, filters), b7[::every]])
+    return True
 
 
 def bilinear_kernel(size, channels):
