@@ -61,15 +61,15 @@ def vgg16_with_top(tmp_path_factory):
     image = keras.Input((224, 224, 3))
     body = keras.applications.VGG16(input_tensor=image, include_top=False, weights=None)
     x = keras.layers.Flatten(name="flatten")(body.output)
-    for n, width in (("fc1", 16), ("fc2", 16), ("predictions", 10)):
-        x = keras.layers.Dense(width, name=n)(x)
-    with_top = keras.Model(image, x)
+    x = keras.layers.Dense(16, activation="relu", name="fc1")(x)
+    fc2 = keras.layers.Dense(16, activation="relu", name="fc2")(x)
+    with_top = keras.Model(image, [fc2, keras.layers.Dense(10, name="predictions")(fc2)])
     with_top.load_weights(path)
     for n in ("block5_conv3", "fc1", "fc2"):
         want = (convs if n.startswith("block") else head).get_layer(n).get_weights()
         for got, w in zip(with_top.get_layer(n).get_weights(), want, strict=True):
             np.testing.assert_array_equal(got, w)
-    return path, convs, head
+    return path, convs, head, with_top
 
 
 def _dense(head, window):
@@ -82,7 +82,7 @@ def _dense(head, window):
 def test_fcn_fc6_fc7_are_vgg16_classifier_convolutionalized(vgg16_with_top):
     """FCN (Long et al., sec. 3.1): fc6 = fc1's kernel reshaped to 7x7x512, fc7 = fc2's to 1x1; on a 7x7 window
     the convs compute exactly what the dense layers compute on the window flattened by Keras' Flatten."""
-    path, convs, head = vgg16_with_top
+    path, convs, head, _ = vgg16_with_top
     model = kseg.create_model("fcn32s", num_classes=3, input_shape=(32, 32, 3), fc_filters=16, weights=str(path))
     fc6, fc7 = model.get_layer("fcn32s_fc6"), model.get_layer("fcn32s_fc7")
     (w1, b1), (w2, b2) = head.get_layer("fc1").get_weights(), head.get_layer("fc2").get_weights()
@@ -106,7 +106,7 @@ def test_deeplabv1_fc6_fc7_are_decimated_vgg16_classifier(vgg16_with_top):
     (width / fc_filters)-th filter, fc7 the same filters of fc2. The stride-8 features are 4x denser than pool5,
     so fc6 at dilation 12 = 3 x 4 reads where fc1 read taps 0, 3, 6: on such a map it equals fc1 on the window
     with its other taps zeroed, for the kept filters."""
-    path, _, head = vgg16_with_top
+    path, _, head, _ = vgg16_with_top
     model = kseg.create_model("deeplabv1", num_classes=3, input_shape=(32, 32, 3), fc_filters=4, weights=str(path))
     fc6, fc7 = model.get_layer("deeplabv1_fc6"), model.get_layer("deeplabv1_fc7")
     (w1, b1), (w2, b2) = head.get_layer("fc1").get_weights(), head.get_layer("fc2").get_weights()
@@ -127,8 +127,22 @@ def test_deeplabv1_fc6_fc7_are_decimated_vgg16_classifier(vgg16_with_top):
     _close(conv7[0, 0, 0], np.maximum(np.maximum(fc1, 0) @ w2[::4, ::4] + b2[::4], 0))
 
 
+@pytest.mark.slow
+def test_fcn_at_224_is_vgg16_with_top(vgg16_with_top):
+    """End to end at VGG16's own 224x224: FCN-32s's fc7 at the centre of the 7x7 stride-32 map equals the
+    classifier network's fc2 on the same image (kseg on raw RGB, Keras' VGG16 on its caffe preprocessing)."""
+    import keras
+
+    path, _, _, with_top = vgg16_with_top
+    model = kseg.create_model("fcn32s", num_classes=3, input_shape=(224, 224, 3), fc_filters=16, weights=str(path))
+    fc7 = keras.Model(model.input, model.get_layer("fcn32s_fc7_relu").output)
+    x = np.random.default_rng(3).uniform(0, 255, (1, 224, 224, 3)).astype(np.float32)
+    want = np.asarray(with_top(keras.applications.vgg16.preprocess_input(x.copy()))[0])[0]
+    _close(np.asarray(fc7(x))[0, 3, 3], want)
+
+
 def test_vgg16_classifier_mismatch_is_refused(vgg16_with_top, tmp_path):
-    path, _, head = vgg16_with_top
+    path, _, head, _ = vgg16_with_top
     with pytest.raises(ModelFileError, match="build with fc_filters=16"):
         kseg.create_model("fcn8s", num_classes=2, input_shape=(32, 32, 3), fc_filters=8, weights=str(path))
 
@@ -234,7 +248,9 @@ def test_efficientnet_b4_b7_full_size(variant, size):
         input_shape=(size, size, 3), include_top=False, weights=None)
     image = keras.Input((size, size, 3))
     features = build_backbone(name, image)
-    assert [tuple(features[f"P{k}"].shape[1:3]) for k in range(1, 6)] == [(size // 2**k,) * 2 for k in range(1, 6)]
+    # the paper sizes are not multiples of 32: each stride-2 layer rounds up
+    assert [tuple(features[f"P{k}"].shape[1:3]) for k in range(1, 6)] == [(math.ceil(size / 2**k),) * 2
+                                                                          for k in range(1, 6)]
     backbone = keras.Model(image, features["P5"])
     normalization = sum(w.size for layer in application.layers if type(layer).__name__ == "Normalization"
                         for w in layer.get_weights())

@@ -140,12 +140,13 @@ def load_vgg16_classifier(model, weights, prefix, subsample):
     "Convolutionalization" (Long et al., FCN, section 3.1): ``fc1`` (25088 -> 4096) reads the flattened 7x7x512
     ``block5_pool`` in Keras' channels-last order, so its kernel reshaped to (7, 7, 512, 4096) is a 7x7 conv that
     gives, on every 7x7 window, the dense layer's output on that window; ``fc2`` (4096 -> 4096) is a 1x1 conv.
-    With ``subsample`` (DeepLab v1, Chen et al., ICLR 2015, arXiv 1412.7062, sections 3.1 and 4.1: fc6 "spatially
-    subsampled by simple decimation" to 3x3 at a larger input stride, and 1024 instead of 4096 filters) the
-    7x7 taps are decimated to fc6's k x k (every 3rd tap for 3x3: rows and columns 0, 3, 6) and the filters of
-    fc6 and fc7 (and fc7's inputs) to every (4096 / fc_filters)-th, the reduced VGG16 of ParseNet and SSD
-    that DeepLab started from. On a 7x7 window, the decimated fc6 at dilation 3 equals ``fc1`` on the taps it
-    keeps (the others zero), restricted to the kept filters.
+    With ``subsample`` (DeepLab v1, Chen et al., ICLR 2015, arXiv 1412.7062, sections 3.1 and 4.1: the first FC
+    layer spatially subsampled by simple decimation, to 3x3 at input stride 12 for LargeFOV, and 1024 instead
+    of 4096 filters in fc6 and fc7) the 7x7 taps are decimated to fc6's k x k (every 3rd tap for 3x3: rows and
+    columns 0, 3, 6) and the filters of fc6 and fc7 (and fc7's inputs) to every (4096 / fc_filters)-th. The
+    paper does not say which filters it kept; every 4th is the decimation of the reduced VGG16 ("VGG16-20M")
+    of ParseNet and SSD. On a 7x7 window, the decimated fc6 at dilation 3 equals ``fc1`` on the taps it keeps
+    (the others zero), restricted to the kept filters.
 
     Does nothing unless ``weights`` is a local file holding ``fc1`` (a file without the top, ``"imagenet"`` or
     ``None`` leave fc6/fc7 as built).
