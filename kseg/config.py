@@ -5,8 +5,10 @@ A config has five sections (only ``model.name`` and ``data`` are required)::
     model:                        # kseg.create_model(name, num_classes=..., input_shape=..., **rest)
       name: unet                  # a name from kseg.list_models(); every other key goes to the builder,
       aux_weight: 0.4             #   except aux_weight: the loss weight of an auxiliary head (models with aux_head)
-    data: {...}                   # checked by kseg.data.validate_data_config
-    loss: {ce: 1.0, dice: 1.0}    # spec for kseg.losses.build_loss (a name, {name: weight}, or a list)
+    data: {...}                   # checked by kseg.data.validate_data_config (instance models, e.g. maskrcnn:
+                                  #   kseg.instance.data.validate_instance_data_config)
+    loss: {ce: 1.0, dice: 1.0}    # spec for kseg.losses.build_loss (a name, {name: weight}, or a list);
+                                  #   none for instance models, which train with their own losses
     train:
       epochs: 10
       batch_size: 8               # per replica; the global batch is batch_size x replicas
@@ -320,9 +322,19 @@ def load_config(path, overrides=()):
     def section_overrides(name):
         return [text for key, text in overridden.items() if key.split(".")[0] == name]
 
-    out["data"] = _validate_data(cfg["data"], path, section_overrides("data"))
-    loss = copy.deepcopy(cfg["loss"]) if cfg.get("loss") is not None else dict(_DEFAULT_LOSS)
-    out["loss"] = _validate_loss(loss, out["data"], path, section_overrides("loss"))
+    from kseg.models.registry import model_task
+
+    instance = model_task(out["model"]["name"]) == "instance"
+    out["data"] = _validate_data(cfg["data"], path, section_overrides("data"), instance)
+    if instance:
+        # Mask R-CNN's losses (RPN, box, class, mask) are part of the model (kseg.instance.losses).
+        if cfg.get("loss") is not None:
+            raise ConfigError(f"{origin('loss')}: {out['model']['name']} trains with its own losses (RPN, box, "
+                              "class and mask); remove the loss section")
+        out["loss"] = None
+    else:
+        loss = copy.deepcopy(cfg["loss"]) if cfg.get("loss") is not None else dict(_DEFAULT_LOSS)
+        out["loss"] = _validate_loss(loss, out["data"], path, section_overrides("loss"))
     if out["output"]["dir"] is None:
         out["output"]["dir"] = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
     if out["train"]["time_budget_min"] is not None and out["train"]["strategy"]["name"] == "multi_worker":
@@ -331,8 +343,12 @@ def load_config(path, overrides=()):
     return {name: out[name] for name in _SECTIONS}
 
 
-def _validate_data(data, path, overrides):
-    from kseg.data import validate_data_config
+def _validate_data(data, path, overrides, instance=False):
+    """The data section, checked by ``kseg.data`` (semantic) or ``kseg.instance.data`` (instance models)."""
+    if instance:
+        from kseg.instance.data import validate_instance_data_config as validate_data_config
+    else:
+        from kseg.data import validate_data_config
 
     try:
         return validate_data_config(copy.deepcopy(data), base_dir=os.path.dirname(os.path.abspath(path)))
