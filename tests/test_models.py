@@ -169,7 +169,8 @@ def plain_backbones():
 
 
 # Variants built by the same spec code as another backbone (resnet50, efficientnetb0) differ only in block counts,
-# i.e. in their stage layer names: output stride 8 checks all of those (8 s each here, so in the slow run).
+# i.e. in their stage layer names: output stride 8 checks all of those (8 s each here, B4-B7 40-70 s, so in the
+# slow run; tests/test_backbones.py checks B4-B7's names against Keras' block table in the default run).
 _SPEC_VARIANTS = ("resnet101", *(f"efficientnetb{v}" for v in range(1, 8)))
 
 
