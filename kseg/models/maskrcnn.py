@@ -173,9 +173,9 @@ class MaskRCNN(keras.Model):
                  weights=None, fpn_filters=256, anchor_sizes=ops.ANCHOR_SIZES, anchor_ratios=ops.ANCHOR_RATIOS,
                  rpn_batch_per_image=256, rpn_positive_fraction=0.5, rpn_pre_nms_topk=(2000, 1000),
                  rpn_post_nms_topk=(2000, 1000), rpn_nms_threshold=0.7, rois_per_image=512,
-                 roi_positive_fraction=0.25, roi_sampling_ratio=2, box_head_units=1024, mask_head_filters=256,
-                 max_detections=100, score_threshold=0.05, detection_nms_threshold=0.5, backbone_batchnorm="train",
-                 name="maskrcnn", **kwargs):
+                 roi_positive_fraction=0.25, roi_sampling_ratio=2, roi_canonical_size=224.0, box_head_units=1024,
+                 mask_head_filters=256, max_detections=100, score_threshold=0.05, detection_nms_threshold=0.5,
+                 backbone_batchnorm="train", name="maskrcnn", **kwargs):
         if backbone_batchnorm not in BATCHNORM_MODES:
             raise ValueError(f"backbone_batchnorm must be one of {BATCHNORM_MODES}, got {backbone_batchnorm!r}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
@@ -211,6 +211,9 @@ class MaskRCNN(keras.Model):
         self.rois_per_image = _positive_int("rois_per_image", rois_per_image)
         self.roi_positive_fraction = _fraction("roi_positive_fraction", roi_positive_fraction)
         self.roi_sampling_ratio = _positive_int("roi_sampling_ratio", roi_sampling_ratio)
+        if not float(roi_canonical_size) > 0:
+            raise ValueError(f"roi_canonical_size must be a positive box size in pixels, got {roi_canonical_size!r}")
+        self.roi_canonical_size = float(roi_canonical_size)
         self.box_head_units = _positive_int("box_head_units", box_head_units)
         self.mask_head_filters = _positive_int("mask_head_filters", mask_head_filters)
         self.max_detections = _positive_int("max_detections", max_detections)
@@ -225,14 +228,18 @@ class MaskRCNN(keras.Model):
         self.rpn_head = self._rpn_network()
         self.box_head = self._box_network()
         self.mask_head = self._mask_network()
+        # the non-learned steps compute in float32 under a mixed-precision policy (box coordinates, NMS, anchors)
         self.proposal_layer = ProposalLayer(image_size, anchor_sizes, anchor_ratios, self.rpn_pre_nms_topk[1],
                                             self.rpn_post_nms_topk[1], self.rpn_nms_threshold,
-                                            name=f"{name}_proposals")
-        self.box_roi_align = ROIAlign(BOX_ROI_SIZE, self.roi_sampling_ratio, name=f"{name}_box_roi_align")
-        self.mask_roi_align = ROIAlign(MASK_ROI_SIZE, self.roi_sampling_ratio, name=f"{name}_mask_roi_align")
+                                            dtype="float32", name=f"{name}_proposals")
+        self.box_roi_align = ROIAlign(BOX_ROI_SIZE, self.roi_sampling_ratio, self.roi_canonical_size,
+                                      dtype="float32", name=f"{name}_box_roi_align")
+        self.mask_roi_align = ROIAlign(MASK_ROI_SIZE, self.roi_sampling_ratio, self.roi_canonical_size,
+                                       dtype="float32", name=f"{name}_mask_roi_align")
         self.detection_layer = DetectionLayer(image_size, self.max_detections, self.score_threshold,
-                                              self.detection_nms_threshold, name=f"{name}_detections")
-        self.mask_select = MaskSelect(name=f"{name}_masks")
+                                              self.detection_nms_threshold, dtype="float32",
+                                              name=f"{name}_detections")
+        self.mask_select = MaskSelect(dtype="float32", name=f"{name}_masks")
         self.trackers = [keras.metrics.Mean(name=n) for n in ("loss",) + LOSS_NAMES]
         self.built = True
 
@@ -414,6 +421,7 @@ class MaskRCNN(keras.Model):
                 "rpn_pre_nms_topk": self.rpn_pre_nms_topk, "rpn_post_nms_topk": self.rpn_post_nms_topk,
                 "rpn_nms_threshold": self.rpn_nms_threshold, "rois_per_image": self.rois_per_image,
                 "roi_positive_fraction": self.roi_positive_fraction, "roi_sampling_ratio": self.roi_sampling_ratio,
+                "roi_canonical_size": self.roi_canonical_size,
                 "box_head_units": self.box_head_units, "mask_head_filters": self.mask_head_filters,
                 "max_detections": self.max_detections, "score_threshold": self.score_threshold,
                 "detection_nms_threshold": self.detection_nms_threshold,
@@ -429,8 +437,8 @@ def maskrcnn(num_classes, input_shape=(512, 512, 3), backbone="resnet50", backbo
              fpn_filters=256, max_detections=100, anchor_sizes=ops.ANCHOR_SIZES, anchor_ratios=ops.ANCHOR_RATIOS,
              rpn_batch_per_image=256, rpn_positive_fraction=0.5, rpn_pre_nms_topk=(2000, 1000),
              rpn_post_nms_topk=(2000, 1000), rpn_nms_threshold=0.7, rois_per_image=512, roi_positive_fraction=0.25,
-             roi_sampling_ratio=2, box_head_units=1024, mask_head_filters=256, score_threshold=0.05,
-             detection_nms_threshold=0.5, backbone_batchnorm="train", name="maskrcnn"):
+             roi_sampling_ratio=2, roi_canonical_size=224.0, box_head_units=1024, mask_head_filters=256,
+             score_threshold=0.05, detection_nms_threshold=0.5, backbone_batchnorm="train", name="maskrcnn"):
     """Mask R-CNN with a ResNet-FPN (or any kseg backbone) feature pyramid (He et al., ICCV 2017, arXiv 1703.06870).
 
     Parts, as in the papers: FPN P2..P6 (``fpn_filters`` channels; P6 subsamples P5); an RPN head shared over the
@@ -457,6 +465,8 @@ def maskrcnn(num_classes, input_shape=(512, 512, 3), backbone="resnet50", backbo
         max_detections: detection slots D per image (100 in the paper).
         anchor_sizes: anchor size in pixels for P2..P6 (32..512 in FPN for ~800-pixel images; scale them with
             the input, e.g. ``(8, 16, 32, 64, 128)`` for 128x128 images of small objects).
+        roi_canonical_size: the box size that FPN eq. 1 pools from P4 (224, ImageNet's input size); boxes half
+            as large come from P3, and so on, clamped to P2..P5. On small inputs every box may pool from P2.
         box_head_units: width of the box head's two FC layers (1024 in the paper).
         mask_head_filters: channels of the mask head's convs (256 in the paper).
         backbone_batchnorm: ``"train"`` (batch statistics in training) or ``"frozen"`` (the backbone's BN layers
@@ -485,7 +495,8 @@ def maskrcnn(num_classes, input_shape=(512, 512, 3), backbone="resnet50", backbo
                     rpn_pre_nms_topk=rpn_pre_nms_topk, rpn_post_nms_topk=rpn_post_nms_topk,
                     rpn_nms_threshold=rpn_nms_threshold, rois_per_image=rois_per_image,
                     roi_positive_fraction=roi_positive_fraction, roi_sampling_ratio=roi_sampling_ratio,
-                    box_head_units=box_head_units, mask_head_filters=mask_head_filters,
+                    roi_canonical_size=roi_canonical_size, box_head_units=box_head_units,
+                    mask_head_filters=mask_head_filters,
                     max_detections=max_detections, score_threshold=score_threshold,
                     detection_nms_threshold=detection_nms_threshold, backbone_batchnorm=backbone_batchnorm,
                     name=name)
