@@ -79,10 +79,10 @@ def _dense(head, window):
     return fc1[0], np.maximum(fc2, 0)[0]
 
 
-def test_fcn_fc6_fc7_are_vgg16_classifier_convolutionalized(vgg16_with_top):
+def test_fcn_fc6_fc7_are_vgg16_classifier_convolutionalized(vgg16_with_top, tmp_path):
     """FCN (Long et al., sec. 3.1): fc6 = fc1's kernel reshaped to 7x7x512, fc7 = fc2's to 1x1; on a 7x7 window
     the convs compute exactly what the dense layers compute on the window flattened by Keras' Flatten."""
-    path, convs, head, _ = vgg16_with_top
+    path, convs, head, with_top = vgg16_with_top
     model = kseg.create_model("fcn32s", num_classes=3, input_shape=(32, 32, 3), fc_filters=16, weights=str(path))
     fc6, fc7 = model.get_layer("fcn32s_fc6"), model.get_layer("fcn32s_fc7")
     (w1, b1), (w2, b2) = head.get_layer("fc1").get_weights(), head.get_layer("fc2").get_weights()
@@ -99,6 +99,14 @@ def test_fcn_fc6_fc7_are_vgg16_classifier_convolutionalized(vgg16_with_top):
     # the same file filled the backbone
     np.testing.assert_array_equal(model.get_layer("block5_conv3").get_weights()[0],
                                   convs.get_layer("block5_conv3").get_weights()[0])
+
+    # Keras 3's save_weights of the network with the top names its groups by class (dense, dense_1, ...)
+    keras3 = tmp_path / "vgg16_top.weights.h5"
+    with_top.save_weights(keras3)
+    again = kseg.create_model("fcn32s", num_classes=3, input_shape=(32, 32, 3), fc_filters=16, weights=str(keras3))
+    for name in ("fcn32s_fc6", "fcn32s_fc7", "block5_conv3"):
+        for got, want in zip(again.get_layer(name).get_weights(), model.get_layer(name).get_weights(), strict=True):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_deeplabv1_fc6_fc7_are_decimated_vgg16_classifier(vgg16_with_top):

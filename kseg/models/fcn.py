@@ -149,7 +149,8 @@ def load_vgg16_classifier(model, weights, prefix, subsample):
     (the others zero), restricted to the kept filters.
 
     Does nothing unless ``weights`` is a local file holding ``fc1`` (a file without the top, ``"imagenet"`` or
-    ``None`` leave fc6/fc7 as built).
+    ``None`` leave fc6/fc7 as built): a legacy ``.h5`` (the keras.applications download), or a Keras 3
+    ``.weights.h5`` with layer-named groups or saved from ``VGG16(include_top=True)`` (``dense``, ``dense_1``).
 
     Args:
         model: the built model, with layers ``{prefix}_fc6`` (k x k conv on the backbone's last features) and
@@ -173,7 +174,10 @@ def load_vgg16_classifier(model, weights, prefix, subsample):
     if weights is None or weights == "imagenet":
         return False
     path = os.fspath(weights)
-    stored = read_named_weights(path, layers=("fc1", "fc2"))
+    stored = read_named_weights(path, layers=("fc1", "fc2", "dense", "dense_1"))
+    if "fc1" not in stored and path.endswith(".weights.h5"):
+        # Keras 3 names an application's groups by class in layer order: VGG16's fc1, fc2 are dense, dense_1
+        stored = {new: stored[old] for old, new in (("dense", "fc1"), ("dense_1", "fc2")) if old in stored}
     if "fc1" not in stored:
         return False
     fc6, fc7 = model.get_layer(f"{prefix}_fc6"), model.get_layer(f"{prefix}_fc7")
