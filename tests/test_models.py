@@ -360,10 +360,10 @@ def test_efficientnet_sees_imagenet_input(monkeypatch, tmp_path):
     np.testing.assert_allclose(np.asarray(backbone_model(x)), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("backbone", [
-    "mobilenetv3small", "efficientnetb0",
-    # the same layer types as the two above and as resnet50; about 50 s and 100 s here
-    pytest.param("mobilenetv3large", marks=pytest.mark.slow), pytest.param("resnet101", marks=pytest.mark.slow)])
+# slow: 25-35 s each on an idle 2-core machine; the default run converts DeepLabV3+ on mobilenetv2 (registry tests)
+# and checks these backbones' layers against keras.applications (test_mobilenetv3_matches_application and others)
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["mobilenetv3small", "efficientnetb0", "mobilenetv3large", "resnet101"])
 def test_deeplabv3plus_backbone_twin_and_tflite(backbone):
     """Each backbone beyond the registry's mobilenetv2 builds the same on tf_keras and converts to TFLite within
     the registry's tolerances, with edge-safe ops only (EfficientNet-B1..B3 share B0's code and layers)."""
@@ -538,7 +538,8 @@ def test_deeplabv2_aspp_branches():
     run_output_shape_test(single, 3)
 
 
-@pytest.mark.parametrize("aux_head", [False, True])
+# without the head: a subset of the checks with it, and the registry tests build PSPNet without it
+@pytest.mark.parametrize("aux_head", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_pspnet_pyramid_and_aux_head(aux_head):
     """The paper's bins 1/2/3/6 at 48x48 (stride-8 maps of 6x6); the auxiliary head is a second output whose
     layers all carry the ``pspnet_aux`` prefix, so a deploy model drops them by name."""

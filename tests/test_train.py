@@ -312,7 +312,9 @@ def test_crop_training_saves_a_full_size_model(tmp_path, shapes):
     assert cm.mean_iou() == pytest.approx(result["best_miou"], abs=1e-6)
 
 
-@pytest.mark.parametrize("size, crop", [(96, None), (192, 96)])
+# the crop case trains at 192x192 (about 40 s on an idle 2-core machine): slow; test_crop_training_saves_a_full_size_model
+# covers crop training in the default run
+@pytest.mark.parametrize("size, crop", [(96, None), pytest.param(192, 96, marks=pytest.mark.slow)])
 def test_auxiliary_head_trains_and_is_dropped_from_the_saved_model(tmp_path, size, crop):
     """``model.aux_weight`` trains PSPNet with its auxiliary head (two losses); what validates and is saved is the
     single-output inference model, also when training on crops. (PSPNet's 6-bin pooling at output stride 16
