@@ -285,10 +285,11 @@ def test_inference_model_converts_to_builtin_tflite_and_matches(trained):
     n = int(want["num_detections"][0])
     assert n > 0 and int(got["num_detections"][0]) == n
     np.testing.assert_array_equal(got["classes"], want["classes"])
-    # tolerances: float32 kernels (XNNPACK) against TensorFlow's, summed over the whole network
-    np.testing.assert_allclose(got["boxes"][0, :n], want["boxes"][0, :n], atol=1e-2)
-    np.testing.assert_allclose(got["scores"][0, :n], want["scores"][0, :n], atol=1e-4)
-    np.testing.assert_allclose(got["masks"][0, :n], want["masks"][0, :n], atol=1e-3)
+    # float32 kernels (XNNPACK) against TensorFlow's: measured differences are ~4e-6 pixels and ~3e-7 in scores
+    # and mask probabilities (benchmarks/maskrcnn_network.py); the bounds leave a 100x margin
+    np.testing.assert_allclose(got["boxes"][0, :n], want["boxes"][0, :n], atol=1e-3)
+    np.testing.assert_allclose(got["scores"][0, :n], want["scores"][0, :n], atol=1e-5)
+    np.testing.assert_allclose(got["masks"][0, :n], want["masks"][0, :n], atol=1e-5)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -346,7 +347,7 @@ def test_training_makes_detections_correct():
     data = synthetic_batch(batch=32, seed=1)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     dataset = tf.data.Dataset.from_tensor_slices(data).shuffle(32, seed=0).batch(4).repeat()
-    history = model.fit(dataset, epochs=4, steps_per_epoch=100, verbose=0).history
+    history = model.fit(dataset, epochs=6, steps_per_epoch=100, verbose=0).history
     assert history["loss"][-1] < 0.5 * history["loss"][0], history["loss"]
     evaluated = model.evaluate(tf.data.Dataset.from_tensor_slices(data).batch(8), return_dict=True, verbose=0)
     assert set(evaluated) == {"loss", "rpn_class_loss", "rpn_box_loss", "class_loss", "box_loss", "mask_loss"}
