@@ -117,7 +117,8 @@ def export_model(model_path, mode="int8", config_path=None, out_path=None, num_c
         report: write the verification report (``<out>.report.txt`` and ``.png``).
 
     Returns:
-        A dict with the output path, its size, the EdgeTPU analysis (edgetpu mode) and the report numbers.
+        A dict with the output path, its size, the EdgeTPU analysis (edgetpu mode) and the report numbers. An
+        instance model (Mask R-CNN) goes to ``export.instance.export_instance`` (its own verification).
     """
     from kseg.saving import load_model
 
@@ -131,6 +132,17 @@ def export_model(model_path, mode="int8", config_path=None, out_path=None, num_c
 
         check_options(prune, cluster, qat, mode)
     model = load_model(model_path)
+    from kseg.evaluate import is_instance_model
+
+    if is_instance_model(model):
+        if optimizing:
+            raise ConfigError("--prune / --cluster / --qat: the tf_keras twin they need exists for semantic models "
+                              "only; export the instance model without them")
+        from export.instance import export_instance
+        from kseg.config import load_config
+
+        cfg = load_config(config_path) if config_path is not None else None
+        return export_instance(model, model_path, mode, cfg, config_path, out_path, num_calibration, report, verbose)
     check_kseg_model(model, model_path)
     quantized = mode in ("int8", "edgetpu")
     cfg = None

@@ -32,8 +32,11 @@ def to_tflite(model, mode="float32", representative_data=None, io_dtype="uint8")
     import keras
 
     shape = [1] + [int(d) for d in model.inputs[0].shape[1:]]
-    static = keras.models.clone_model(model, input_tensors=keras.Input(batch_shape=shape))
-    static.set_weights(model.get_weights())
+    if model.inputs[0].shape[0] == 1:  # already static (e.g. Mask R-CNN's inference_model): no copy needed
+        static = model
+    else:
+        static = keras.models.clone_model(model, input_tensors=keras.Input(batch_shape=shape))
+        static.set_weights(model.get_weights())
     converter = tf.lite.TFLiteConverter.from_keras_model(static)
     if mode == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

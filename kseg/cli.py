@@ -45,6 +45,8 @@ def _parser():
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--refine", metavar="NAME", help="refine the probabilities with a post-processor from "
                    "kseg.postprocess (e.g. crf)")
+    p.add_argument("--score-threshold", type=float, default=0.5,
+                   help="instance models: detections scoring below this are not drawn (default 0.5)")
 
     p = sub.add_parser("export", help="optimize and convert a trained model to a verified TFLite file")
     p.add_argument("model", help="a .keras model")
@@ -88,7 +90,8 @@ def _run(args):
         from kseg.train import train
 
         result = train(load_config(args.config, args.overrides), verbose=2 if args.quiet else 1)
-        print(f"best val mIoU {result['best_miou']:.4f}; run folder {result['run_dir']}")
+        name = {"val_mean_iou": "mIoU", "val_mask_ap": "mask AP"}[result["monitor"]]
+        print(f"best val {name} {result['best_miou']:.4f}; run folder {result['run_dir']}")
     elif args.command == "evaluate":
         from kseg.config import load_config
         from kseg.evaluate import evaluate
@@ -98,7 +101,8 @@ def _run(args):
     elif args.command == "predict":
         from kseg.predict import predict
 
-        predict(args.model, args.input, args.out, alpha=args.alpha, refine=args.refine)
+        predict(args.model, args.input, args.out, alpha=args.alpha, refine=args.refine,
+                score_threshold=args.score_threshold)
     elif args.command == "export":
         from export.api import export_model
 

@@ -3,11 +3,16 @@
 The report holds ``metrics.json``, ``table.txt``, ``confusion_matrix.png``, ``per_class_iou.png`` and
 ``samples.png`` (image, ground truth and prediction overlays). A ``.tflite`` model is scored through the edge
 runtime, so the numbers are those the device will see.
+
+An instance model (Mask R-CNN, ``kseg.model_task(name) == "instance"``) is scored by COCO mask AP, AP50, AP75 and
+box AP (``kseg.instance.evaluate``); its report holds ``metrics.json`` and ``samples.png`` (ground truth and
+detections drawn by ``kseg.viz.draw_instances``).
 """
 
 import json
 import os
 
+import cv2
 import numpy as np
 
 from kseg import viz
@@ -81,6 +86,93 @@ def uint8_samples(data_cfg, split):
         yield np.clip(np.round(images.numpy()[0]), 0, 255).astype(np.uint8), labels.numpy()[0]
 
 
+def is_instance_model(model):
+    """Whether a loaded Keras model is an instance model (Mask R-CNN: it has an ``inference_model()`` method giving
+    the deployable network with the detection outputs)."""
+    return callable(getattr(model, "inference_model", None))
+
+
+def _numpy(tensors):
+    return {k: np.asarray(v) for k, v in tensors.items()}
+
+
+def instance_scores(model, dataset, num_classes):
+    """COCO ``mask_ap``, ``mask_ap50`` and ``box_ap`` of a Keras instance model on a dataset of Mask R-CNN training
+    batches (``kseg.instance.data.build_instance_dataset``)."""
+    from kseg.instance.evaluate import MaskAP
+
+    metric = MaskAP(num_classes)
+    for batch in dataset:
+        metric.update(_numpy(batch), _numpy(model.predict_on_batch(batch["image"])))
+    result = metric.result()
+    return {k: result[k] for k in ("mask_ap", "mask_ap50", "box_ap")}
+
+
+def instance_detector(model_path):
+    """A function ``uint8 RGB image (H, W, 3) at the model's input size -> detection contract of a batch of one``
+    (numpy dict) for a ``.keras`` instance model or its ``.tflite`` export (run by the edge runtime)."""
+    if os.fspath(model_path).endswith(".tflite"):
+        from edge.runtime import InstanceSegmenter
+
+        seg = InstanceSegmenter(model_path)
+        return lambda image: {k: v[None] for k, v in seg.invoke(seg.preprocess(image, rgb=True)[0]).items()}
+    from kseg.saving import load_model
+
+    model = load_model(model_path)
+    if not is_instance_model(model):
+        raise ConfigError(f"{model_path} is a semantic segmentation model, but the config's model is an instance "
+                          "model; pass the model this config trained")
+    net = model.inference_model()  # batch 1, the graph `kseg export` converts
+    return lambda image: _numpy(net.predict_on_batch(image[None].astype(np.float32)))
+
+
+def evaluate_instances(cfg, model_path=None, split="val", out_dir=None, num_samples=8, verbose=True,
+                       score_threshold=0.5):
+    """Score an instance model on ``split`` (COCO mask AP over every detection) and write the report: ``metrics.json``
+    and ``samples.png`` (per sample: ground truth, then the detections scoring at least ``score_threshold``).
+
+    Returns:
+        The metrics dict written to ``metrics.json`` (``mask_ap``, ``mask_ap50``, ``mask_ap75``, ``box_ap``, ...).
+    """
+    from kseg.instance.data import build_instance_dataset, instance_class_names
+    from kseg.instance.evaluate import MaskAP
+    from kseg.instance.masks import detections_to_instances
+
+    data_cfg = cfg["data"]
+    run_dir = cfg["output"]["dir"]
+    model_path = model_path or os.path.join(run_dir, "best.keras")
+    out_dir = out_dir or os.path.join(run_dir, f"report-{split}")
+    names = instance_class_names(data_cfg)
+    detect = instance_detector(model_path)
+    metric = MaskAP(int(data_cfg["num_classes"]))
+    tiles, count = [], 0
+    for batch in build_instance_dataset(data_cfg, split, batch_size=1, shuffle=False):
+        batch = _numpy(batch)
+        image = np.clip(np.round(batch["image"][0]), 0, 255).astype(np.uint8)
+        det = detect(image)
+        metric.update(batch, det)
+        count += 1
+        if len(tiles) < num_samples:
+            keep = batch["classes"][0] > 0
+            truth = {"boxes": batch["boxes"][0][keep], "classes": batch["classes"][0][keep],
+                     "masks": batch["masks"][0][keep].astype(bool)}
+            found = detections_to_instances(det, 0, image_size=image.shape[:2], score_threshold=score_threshold)
+            tiles.append(np.concatenate([viz.draw_instances(image, truth, names),
+                                         viz.draw_instances(image, found, names)], axis=1))
+    metrics = {"model": os.fspath(model_path), "split": split, "num_images": count, **metric.result()}
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2, default=_jsonable)
+    if tiles:
+        grid = np.concatenate(tiles, axis=0)
+        cv2.imwrite(os.path.join(out_dir, "samples.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    if verbose:
+        print(f"{split}: {count} images  mask AP {metrics['mask_ap']:.4f}  AP50 {metrics['mask_ap50']:.4f}  "
+              f"AP75 {metrics['mask_ap75']:.4f}  box AP {metrics['box_ap']:.4f}  box AP50 {metrics['box_ap50']:.4f}")
+        print(f"report written to {out_dir} (samples.png: ground truth | detections >= {score_threshold})")
+    return metrics
+
+
 def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, verbose=True, refine=None):
     """Score a model on ``split`` of the config's data and write the report.
 
@@ -95,6 +187,13 @@ def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, ver
         The metrics dict written to ``metrics.json``.
     """
     from kseg.data import dataset_info
+    from kseg.models.registry import model_task
+
+    if model_task(cfg["model"]["name"]) == "instance":
+        if refine is not None:
+            raise ConfigError(f"--refine {refine}: refiners work on per-pixel class probabilities; "
+                              f"{cfg['model']['name']} is an instance model")
+        return evaluate_instances(cfg, model_path, split, out_dir, num_samples, verbose)
 
     data_cfg = cfg["data"]
     run_dir = cfg["output"]["dir"]

@@ -194,3 +194,130 @@ def test_edge_cli_runs_an_instance_model_on_a_video_without_tensorflow(detector,
 def test_semantic_segmenter_rejects_a_detection_model(detector):
     with pytest.raises(ModelFileError, match="instance"):
         Segmenter(detector)
+
+
+# -- configs and the CLI on a tiny Mask R-CNN ----------------------------------------------------------------------
+
+TINY = """
+model:
+  name: maskrcnn
+  backbone: mobilenetv2
+  backbone_kwargs: {alpha: 0.35}
+  fpn_filters: 16
+  box_head_units: 32
+  mask_head_filters: 16
+  anchor_sizes: [8, 16, 32, 64, 128]
+  rpn_pre_nms_topk: [128, 64]
+  rpn_post_nms_topk: [64, 32]
+  rois_per_image: 16
+  max_detections: 5
+data:
+  format: instance_synthetic
+  image_size: [64, 64]
+  num_classes: 3
+  max_instances: 8
+  synthetic: {num_images: 10, seed: 0}
+  splits: {train: "0-5", val: "6-9"}
+train:
+  epochs: 1
+  steps_per_epoch: 2
+  batch_size: 2
+  checkpoint_every_steps: 1
+output:
+  dir: RUN
+"""
+
+
+def _tiny_config(tmp_path, extra=""):
+    path = tmp_path / "maskrcnn_tiny.yaml"
+    path.write_text(TINY.replace("RUN", str(tmp_path / "run")) + extra)
+    return str(path)
+
+
+def test_instance_config_takes_instance_data_and_no_loss(tmp_path):
+    from kseg.config import dump_config, load_config
+    from kseg.errors import ConfigError
+
+    cfg = load_config(_tiny_config(tmp_path))
+    assert cfg["loss"] is None and cfg["data"]["max_instances"] == 8 and cfg["data"]["augment"]["scale"] is None
+    dump_config(cfg, tmp_path / "run.yaml")  # what a run folder keeps reads back the same
+    assert load_config(str(tmp_path / "run.yaml")) == cfg
+    with pytest.raises(ConfigError, match="own losses"):
+        load_config(_tiny_config(tmp_path, "loss: {ce: 1.0}\n"))
+    with pytest.raises(ConfigError, match="data.ignore_index: unknown key for instance data"):
+        load_config(_tiny_config(tmp_path), ["data.ignore_index=255"])
+    from kseg.cli import main
+
+    assert main(["evaluate", _tiny_config(tmp_path), "--refine", "crf"]) == 2
+
+
+@pytest.mark.slow
+def test_train_resume_evaluate_predict_export_and_edge_run_through_the_cli(tmp_path, capsys):
+    """The whole path on a tiny Mask R-CNN: `kseg train` (2 steps, interrupted after 1 and resumed), `kseg evaluate`,
+    `kseg predict`, `kseg export` to float32 TFLite and `kseg-edge run` on a generated video."""
+    import json
+
+    import keras
+
+    from edge.runtime import read_metadata
+    from kseg.cli import main
+    from kseg.config import load_config
+    from kseg.saving import load_model
+    from kseg.train import train
+
+    config = _tiny_config(tmp_path)
+    run = tmp_path / "run"
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(config), verbose=0, callbacks=[Interrupt()])
+    assert (run / "backup" / "state.json").is_file()
+    result = train(load_config(config), verbose=0)
+    assert result["resumed_from"]["step"] == 1 and result["steps"] == 2 and result["monitor"] == "val_mask_ap"
+    assert (run / "best.keras").is_file() and (run / "last.keras").is_file() and not (run / "backup").exists()
+    history = (run / "history.csv").read_text()
+    assert "val_mask_ap" in history and "val_mask_loss" in history and "rpn_class_loss" in history
+
+    assert main(["evaluate", config]) == 0
+    metrics = json.loads((run / "report-val" / "metrics.json").read_text())
+    assert metrics["num_images"] == 4 and {"mask_ap", "mask_ap50", "box_ap"} <= set(metrics)
+    assert "mask AP" in capsys.readouterr().out
+    samples = cv2.imread(str(run / "report-val" / "samples.png"))
+    assert samples.shape == (4 * 64, 2 * 64, 3)  # ground truth | detections, one row per sample
+
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), _scene(3))
+    assert main(["predict", str(run / "best.keras"), str(images), "--out", str(tmp_path / "pred"),
+                 "--score-threshold", "0"]) == 0
+    label = cv2.imread(str(tmp_path / "pred" / "a_instances.png"), cv2.IMREAD_UNCHANGED)
+    overlay = cv2.imread(str(tmp_path / "pred" / "a_overlay.png"))
+    assert label.dtype == np.uint16 and label.shape == FRAME and overlay.shape == (*FRAME, 3)
+
+    assert main(["export", str(run / "best.keras"), "--to", "float32", "--config", config]) == 0
+    tflite = str(run / "best_float32.tflite")
+    meta = read_metadata(tflite)
+    assert meta["output_kind"] == "instance" and meta["num_classes"] == 3 and len(meta["labels"]) == 3
+    report = (run / "best_float32.report.txt").read_text()
+    assert "detection counts equal on 4/4" in report
+    # the runtime's detections are Keras' inference graph's, to float rounding
+    seg = open_model(tflite)
+    net = load_model(str(run / "best.keras")).inference_model()
+    frame = cv2.resize(_scene(4), (64, 64))
+    x, _ = seg.preprocess(frame)
+    lite, ref = seg.invoke(x), net.predict_on_batch(x)
+    assert int(lite["num_detections"]) == int(np.asarray(ref["num_detections"])[0])
+    np.testing.assert_allclose(lite["boxes"], np.asarray(ref["boxes"])[0], atol=1e-3)
+    np.testing.assert_allclose(lite["masks"], np.asarray(ref["masks"])[0], atol=1e-4)
+
+    video = str(tmp_path / "clip.avi")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 10, FRAME[::-1])
+    for i in range(4):
+        writer.write(_scene(i))
+    writer.release()
+    assert edge_cli.main(["run", tflite, "--source", video, "--headless", "--out", str(tmp_path / "views"),
+                          "--score-threshold", "0"]) == 0
+    assert len(list((tmp_path / "views").iterdir())) == 4

@@ -200,11 +200,18 @@ class Recorder(keras.callbacks.Callback):
             model itself: the same architecture at the full image size when training runs on crops, and/or
             without the auxiliary heads (``kseg.models.inference_model``). It receives the trained weights by
             layer name. ``None``: the trained model itself.
+        monitor: the validation log that picks ``best.keras`` (higher is better; ``state.best_miou`` holds its
+            best value): ``val_mean_iou``, or ``val_mask_ap`` for instance models.
+        score: optional ``fn(model) -> dict`` of further validation numbers (e.g. COCO mask AP), logged with a
+            ``val_`` prefix at each validation.
     """
 
-    def __init__(self, run_dir, val_data, state, val_every, epochs, write=True, deploy_model=None):
+    def __init__(self, run_dir, val_data, state, val_every, epochs, write=True, deploy_model=None,
+                 monitor="val_mean_iou", score=None):
         super().__init__()
         self.deploy_model = deploy_model
+        self.monitor = monitor
+        self.score = score
         self.run_dir = run_dir
         self.val_data = val_data
         self.state = state
@@ -221,8 +228,10 @@ class Recorder(keras.callbacks.Callback):
             deploy = self.deploy_model
         if (epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs or self.model.stop_training:
             val = deploy.evaluate(self.val_data, verbose=0, return_dict=True)
+            if self.score is not None:
+                val.update(self.score(deploy))
             logs.update({f"val_{k}": float(v) for k, v in val.items()})
-        miou = logs.get("val_mean_iou")
+        miou = logs.get(self.monitor)
         if miou is not None and not math.isnan(miou) and miou > self.state.best_miou:
             self.state.best_miou, self.state.best_epoch = miou, epoch + 1
             if self.write:

@@ -61,6 +61,11 @@ def _build_model(cfg, schedule, size):
                                   input_shape=(*size, channels), **kwargs)
     except ValueError as e:  # builders check their arguments; in a config they are the user's to fix
         raise ConfigError(f"model {cfg['model']['name']!r}: {e}") from None
+    if _is_instance(cfg):
+        # Mask R-CNN computes its losses in its own train_step / test_step: compile takes the optimizer only.
+        model.compile(optimizer=build_optimizer(cfg["train"]["optimizer"], schedule))
+        model.optimizer.build(model.trainable_variables)
+        return model
     if schedule is None:
         model = inference_model(model)
     elif cfg["train"]["trainer"]["name"] == "adversarial":
@@ -74,6 +79,45 @@ def _build_model(cfg, schedule, size):
         else:
             model.optimizer.build(model.trainable_variables)
     return model
+
+
+def _is_instance(cfg):
+    from kseg.models.registry import model_task
+
+    return model_task(cfg["model"]["name"]) == "instance"
+
+
+def _datasets(cfg, global_batch, seed):
+    """``(steps per epoch, training dataset, validation dataset)``: images and label maps, or for an instance model
+    the Mask R-CNN training batches of ``kseg.instance.data``."""
+    from kseg.data import build_dataset, num_samples
+
+    t = cfg["train"]
+    if _is_instance(cfg):
+        from kseg.instance.data import build_instance_dataset, list_instance_samples
+
+        count = len(list_instance_samples(cfg["data"], "train"))
+        build = build_instance_dataset
+    else:
+        count = num_samples(cfg["data"], "train")
+        build = build_dataset
+    steps_per_epoch = t["steps_per_epoch"] or math.ceil(count / global_batch)
+    train_ds = build(cfg["data"], "train", global_batch, augment=True, shuffle=True, repeat=True, seed=seed)
+    val_ds = build(cfg["data"], "val", global_batch, augment=False, shuffle=False, seed=seed)
+    return steps_per_epoch, train_ds, val_ds
+
+
+def _mask_ap_score(val_ds, num_classes):
+    """The validation score of an instance model: COCO mask AP / AP50 and box AP (``kseg.evaluate``)."""
+
+    def score(model):
+        from kseg.evaluate import instance_scores
+
+        scores = instance_scores(model, val_ds, num_classes)
+        # COCOeval gives -1 (NaN here) when nothing was detected at all: for ``best.keras`` that is an AP of 0
+        return {k: 0.0 if math.isnan(v) else v for k, v in scores.items()}
+
+    return score
 
 
 def _adversarial(segmentor, cfg):
@@ -116,9 +160,10 @@ def train(cfg, verbose=1, callbacks=()):
     """Trains the model of a resolved config (``kseg.config.load_config``); resumes an interrupted run.
 
     The run folder (``output.dir``) receives ``run.yaml`` (the resolved config), ``history.csv`` (one row per
-    epoch), ``best.keras`` (best validation mIoU), ``last.keras``, TensorBoard logs in ``logs/`` and, while the run
-    is unfinished, ``backup/``. Running the same config again after an interruption (Ctrl-C, a kill, a crash)
-    continues from the last backup, mid-epoch included, with the best mIoU so far; a finished run starts over.
+    epoch), ``best.keras`` (best validation mIoU; instance models: best COCO mask AP), ``last.keras``, TensorBoard
+    logs in ``logs/`` and, while the run is unfinished, ``backup/``. Running the same config again after an
+    interruption (Ctrl-C, a kill, a crash) continues from the last backup, mid-epoch included, with the best score so
+    far; a finished run starts over.
 
     Args:
         cfg: resolved config.
@@ -126,7 +171,8 @@ def train(cfg, verbose=1, callbacks=()):
         callbacks: extra Keras callbacks, run after kseg's own (a step's backup is on disk when they see it).
 
     Returns:
-        dict with ``run_dir``, ``best_miou`` (NaN if never validated), ``best_epoch``, ``history`` (list of
+        dict with ``run_dir``, ``monitor`` (``"val_mean_iou"``, or ``"val_mask_ap"`` for instance models),
+        ``best_miou`` (best value of ``monitor``, NaN if never validated), ``best_epoch``, ``history`` (list of
         per-epoch dicts, as in history.csv), ``wall_time_s`` (this process), ``steps`` (optimizer steps in total),
         ``epochs_done``, ``replicas``, ``global_batch``, ``resumed_from`` (None, or the restored position
         ``{"epoch", "step", "global_step", "best_miou"}``), ``stopped_by_budget``.
@@ -135,7 +181,7 @@ def train(cfg, verbose=1, callbacks=()):
         ConfigError: invalid strategy setup, or a backup made with other settings.
         DataError: a bad sample (the message names the file).
     """
-    from kseg.data import build_dataset, data_errors, num_samples
+    from kseg.data import data_errors
 
     start = time.monotonic()
     t = cfg["train"]
@@ -146,11 +192,9 @@ def train(cfg, verbose=1, callbacks=()):
     run_dir = os.path.abspath(cfg["output"]["dir"])
     replicas = strategy.num_replicas_in_sync
     global_batch = t["batch_size"] * replicas
+    instance = _is_instance(cfg)
     with data_errors():
-        steps_per_epoch = t["steps_per_epoch"] or math.ceil(num_samples(cfg["data"], "train") / global_batch)
-        train_ds = build_dataset(cfg["data"], "train", global_batch, augment=True, shuffle=True, repeat=True,
-                                 seed=t["seed"])
-        val_ds = build_dataset(cfg["data"], "val", global_batch, augment=False, shuffle=False, seed=t["seed"])
+        steps_per_epoch, train_ds, val_ds = _datasets(cfg, global_batch, t["seed"])
     # Training batches are split among the workers; every worker scores the whole validation set, so that all
     # of them run the same number of steps (the summed confusion counts give the same mIoU).
     train_ds = _shard(train_ds, tf.data.experimental.AutoShardPolicy.DATA)
@@ -169,7 +213,7 @@ def train(cfg, verbose=1, callbacks=()):
             # Training on crops: the model trains at the crop size and a full-size copy validates and is saved.
             model = _build_model(cfg, schedule, tuple(crop) if crop else image_size)
             deploy = None
-            outputs = len(_segmentor(model).outputs)
+            outputs = 1 if instance else len(_segmentor(model).outputs)
             if crop and tuple(crop) != image_size:
                 deploy = _build_model(cfg, None, image_size)
             elif outputs > 1 or model is not _segmentor(model):
@@ -191,7 +235,11 @@ def train(cfg, verbose=1, callbacks=()):
         if verbose and chief:
             print(_describe(cfg, run_dir, strategy, global_batch, steps_per_epoch, state if resumed else None))
 
-        recorder = Recorder(run_dir, val_ds, state, t["val_every"], t["epochs"], write=chief, deploy_model=deploy)
+        if instance:
+            recorder = Recorder(run_dir, val_ds, state, t["val_every"], t["epochs"], write=chief,
+                                monitor="val_mask_ap", score=_mask_ap_score(val_ds, cfg["data"]["num_classes"]))
+        else:
+            recorder = Recorder(run_dir, val_ds, state, t["val_every"], t["epochs"], write=chief, deploy_model=deploy)
         budget = None
         own = [Progress(state, steps_per_epoch)]
         if t["time_budget_min"] is not None:
@@ -223,6 +271,7 @@ def train(cfg, verbose=1, callbacks=()):
 
     return {
         "run_dir": run_dir,
+        "monitor": recorder.monitor,
         "best_miou": state.best_miou if state.best_epoch else float("nan"),
         "best_epoch": state.best_epoch or None,
         "history": recorder.history,
@@ -258,7 +307,8 @@ def _describe(cfg, run_dir, strategy, global_batch, steps_per_epoch, resumed):
                 if t["trainer"]["name"] == "adversarial" else "")
              + (f", time budget {t['time_budget_min']} min" if t["time_budget_min"] is not None else "")]
     if resumed:
-        best = f", best val mIoU {resumed.best_miou:.4f} (epoch {resumed.best_epoch})" if resumed.best_epoch else ""
+        name = "mask AP" if _is_instance(cfg) else "mIoU"
+        best = f", best val {name} {resumed.best_miou:.4f} (epoch {resumed.best_epoch})" if resumed.best_epoch else ""
         lines.append(f"  resuming epoch {resumed.epoch + 1} at step {resumed.step}/{steps_per_epoch} "
                      f"(global step {resumed.global_step}{best})")
     return "\n".join(lines)
