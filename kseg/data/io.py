@@ -89,6 +89,21 @@ def _colour_codes(rgb):
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
+def resize_image(image, size, mode):
+    """Resizes an image for ``fit_size``: to ``size`` (H, W) for ``"stretch"``, to the largest size of the same aspect
+    ratio inside it for ``"letterbox"`` (the caller pads). Returns ``(image, (h, w) it now has)``."""
+    height, width = size
+    h, w = image.shape[:2]
+    if mode == "letterbox":
+        scale = min(height / h, width / w)
+        rh, rw = max(1, round(h * scale)), max(1, round(w * scale))
+    else:
+        rh, rw = height, width
+    if (rh, rw) != (h, w):
+        image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if rh < h else cv2.INTER_LINEAR)
+    return image, (rh, rw)
+
+
 def fit_size(image, label, size, mode, ignore_index):
     """Brings an image and its label to a static size.
 
@@ -105,13 +120,8 @@ def fit_size(image, label, size, mode, ignore_index):
     """
     height, width = size
     h, w = label.shape
-    if mode == "letterbox":
-        scale = min(height / h, width / w)
-        rh, rw = max(1, round(h * scale)), max(1, round(w * scale))
-    else:
-        rh, rw = height, width
+    image, (rh, rw) = resize_image(image, size, mode)
     if (rh, rw) != (h, w):
-        image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if rh < h else cv2.INTER_LINEAR)
         # float32 keeps any class id (and a negative ignore) exact through OpenCV's nearest resize.
         label = cv2.resize(label.astype(np.float32), (rw, rh), interpolation=cv2.INTER_NEAREST)
     image = image.reshape(rh, rw, -1)

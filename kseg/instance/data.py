@@ -70,7 +70,7 @@ from kseg.data import synthetic
 from kseg.data.config import _choice, _class_names, _int, _resolve_root, _size, _typed
 from kseg.data.formats import Format, get_format, join_ref, pick_range, split_ref
 from kseg.data.formats_2d import read_instances
-from kseg.data.io import read_image, read_mask
+from kseg.data.io import read_image, read_mask, resize_image
 from kseg.errors import ConfigError, DataError
 from kseg.instance.masks import masks_to_boxes
 
@@ -444,15 +444,10 @@ def fit_instances(sample, size, mode="stretch"):
     """Brings a sample to ``size`` (H, W): ``stretch`` resizes, ``letterbox`` keeps the aspect and pads bottom / right
     with zeros. Masks by nearest neighbour; boxes recomputed from them."""
     height, width = size
-    image, masks = sample["image"], sample["masks"]
-    h, w = image.shape[:2]
-    if mode == "letterbox":
-        scale = min(height / h, width / w)
-        rh, rw = max(1, round(h * scale)), max(1, round(w * scale))
-    else:
-        rh, rw = height, width
+    masks = sample["masks"]
+    h, w = sample["image"].shape[:2]
+    image, (rh, rw) = resize_image(sample["image"], size, mode)
     if (rh, rw) != (h, w):
-        image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if rh < h else cv2.INTER_LINEAR)
         masks = _resize_masks(masks, (rh, rw))
     if (rh, rw) != (height, width):
         image = np.pad(image, ((0, height - rh), (0, width - rw), (0, 0)))
