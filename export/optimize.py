@@ -55,6 +55,30 @@ def check_options(prune, cluster, qat, mode):
         raise ConfigError(f"--qat trains for int8 inference; use it with --to int8 or edgetpu, not {mode}")
 
 
+# Layers QAT annotates and fine-tunes but whose int8 file fails, by class: (what happens, what to do instead),
+# measured on the small test configurations by benchmarks/qat_coverage.py (docs/export.md, "QAT coverage").
+NOT_INT8 = {
+    "CrfRnn": ("its mean-field step divides messages by kernel sums, and with int8 tensors a divisor reaches the zero "
+               "point: TFLite's int8 DIV kernel stops (div.cc 'data[i] != zero_point')",
+               "export this model --to float16 or dynamic, or export its base network to int8 and refine its "
+               "output with the CRF post-processor (kseg predict | evaluate --refine crf)"),
+    "SequenceSweep": ("its recurrent WHILE loops crash TensorFlow 2.21's int8 converter, and unrolled (unroll: true) "
+                      "the QAT model converts but the int8 file does not follow it (argmax agreement 31%, chance "
+                      "33%): tfmot has no RNN cells, so the gates' inner tensors get no QAT range",
+                      "export without --qat: plain post-training --to int8 of the model built with unroll: true "
+                      "(docs/rnn.md: 88-94% agreement)"),
+}
+
+
+def check_qat_int8(model):
+    """Raise ``ConfigError`` naming the first layer of ``model`` in ``NOT_INT8``, what fails and what to do."""
+    for layer in model.layers:
+        if type(layer).__name__ in NOT_INT8:
+            reason, instead = NOT_INT8[type(layer).__name__]
+            raise ConfigError(f"--qat: layer {layer.name!r} ({type(layer).__name__}) has no working QAT int8 form: "
+                              f"{reason}. Instead, {instead}")
+
+
 def fine_tune_pool(data_cfg, size, seed=0):
     """``size`` augmented training samples at the model's input size (no random crops) as uint8 arrays: the
     fine-tuning data handed to the worker process, which must not build Keras 3 input pipelines."""
@@ -92,8 +116,9 @@ def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=No
     Returns:
         A dict: ``tflite`` (bytes), ``keras_model`` (the Keras 3 model with the pruned / clustered weights; the
         original model after QAT), per-layer ``sparsity`` and ``clusters``, ``m_by_n`` (2:4 share per layer),
-        ``custom_quantize_configs`` (QAT), the options, and ``gzip_ratio`` (gzip size of the result against the
-        gzip size of the dense model converted the same way).
+        ``custom_quantize_configs`` and ``qat_int8_vs_fake_quant`` (the int8 file against the fake-quantized
+        model: ``max_error``, ``max_error_steps``, ``agreement``) after QAT, the options, and ``gzip_ratio`` (gzip
+        size of the result against the gzip size of the dense model converted the same way).
     """
     import gzip
 
@@ -105,6 +130,8 @@ def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=No
 
     prune = parse_prune(prune)
     check_options(prune, cluster, qat, mode)
+    if qat:
+        check_qat_int8(model)
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     kwargs = dict(builder_kwargs, num_classes=int(model.outputs[0].shape[-1]), input_shape=shape)
     twin = inference_model(build_twin(model_name, **kwargs))

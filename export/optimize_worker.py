@@ -10,11 +10,15 @@ images, ``y`` uint8 labels), ``calibration`` (``.npy``), ``prune`` (float or ``"
 ``qat`` (bool), ``steps``, ``batch_size``, ``lr``, ``io_dtype``, ``out`` (folder).
 
 QuantizeConfigs for layers outside tfmot's default 8-bit registry that the kseg zoo uses, found by annotating every
-registered model's twin (tests/test_export_optimize.py): ``Rescaling`` (every model's ``*_preprocess``),
-``Subtract`` (SegNet), ``Resizing`` (PSPNet), ``Reshape``-based nearest upsampling and ``Conv3D`` /
-``Conv3DTranspose`` / ``PReLU`` / ``BatchNormalization`` after a 3-D conv (V-Net). Layers that only move or
-interpolate values (``Reshape``, ``Resizing``) keep their input's quantization; the others quantize their output (and
-kernels, 8-bit symmetric per tensor).
+registered model's twin (tests/test_export_optimize.py): ``Rescaling`` (every model's ``*_preprocess``; RAN's
+negations), ``Subtract`` (SegNet, RAN), ``Multiply`` (RAN, attention to scale), ``Dot`` (DANet's attention
+products), DANet's ``LearnableScale``, ``Resizing`` (PSPNet), ``Reshape``-based nearest upsampling and ``Conv3D`` /
+``Conv3DTranspose`` / ``PReLU`` / ``BatchNormalization`` after a 3-D conv (V-Net), the ``CrfRnn`` layer
+(crfasrnn) and ReSeg's ``SequenceSweep``. Layers that only move or interpolate values (``Reshape``, ``Resizing``)
+keep their input's quantization; the others quantize their output, and their weights where they hold any worth
+an 8-bit range (kernels, PReLU slopes, the CRF's kernel weights and compatibility, the RNN kernels; 8-bit symmetric
+per tensor). Attention to scale's nested network is inlined first (tfmot rejects a model inside a model). CRF-as-RNN
+and ReSeg annotate and train, but their int8 files do not work; ``export.optimize.NOT_INT8`` stops them first.
 """
 
 import json
@@ -65,31 +69,63 @@ class PassThroughQuantizeConfig(OutputQuantizeConfig):
 
 class WeightsQuantizeConfig(OutputQuantizeConfig):
     """Quantize the layer's weights (8-bit symmetric per tensor, narrow range, as TFLite int8 kernels expect)
-    and its output: Conv3D / Conv3DTranspose kernels, PReLU slopes."""
+    and its output; the weights by attribute name, per layer class (``WEIGHT_ATTRIBUTES``)."""
 
-    WEIGHTS = ("kernel", "alpha")
+    def _names(self, layer):
+        return WEIGHT_ATTRIBUTES[type(layer).__name__]
 
     def get_weights_and_quantizers(self, layer):
-        return [(getattr(layer, name), _quantizers.LastValueQuantizer(num_bits=8, per_axis=False, symmetric=True,
-                                                                       narrow_range=True))
-                for name in self.WEIGHTS if hasattr(layer, name)]
+        return [(getattr(layer, name), _weight_quantizer()) for name in self._names(layer)]
 
     def set_quantize_weights(self, layer, quantize_weights):
-        for name, value in zip([n for n in self.WEIGHTS if hasattr(layer, n)], quantize_weights):
+        for name, value in zip(self._names(layer), quantize_weights):
             setattr(layer, name, value)
 
 
+class RecurrentQuantizeConfig(OutputQuantizeConfig):
+    """``SequenceSweep`` (ReSeg): the input and recurrent kernels of the cell of each direction of the wrapped
+    ``Bidirectional`` RNN (8-bit symmetric per tensor) and the sweep's output. tfmot's registry has no RNN cells
+    (they are commented out in 0.8.1), so the gates' inner tensors get no fake-quant range, and the int8 file of
+    the (unrolled) model does not follow it: ``export.optimize.NOT_INT8`` stops a QAT export of ReSeg; this
+    config lets the model annotate and fine-tune."""
+
+    ATTRIBUTES = ("kernel", "recurrent_kernel")
+
+    @staticmethod
+    def _cells(layer):
+        return [layer.layer.forward_layer.cell, layer.layer.backward_layer.cell]
+
+    def get_weights_and_quantizers(self, layer):
+        return [(getattr(cell, name), _weight_quantizer()) for cell in self._cells(layer) for name in self.ATTRIBUTES]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        values = iter(quantize_weights)
+        for cell in self._cells(layer):
+            for name in self.ATTRIBUTES:
+                setattr(cell, name, next(values))
+
+
+def _weight_quantizer():
+    return _quantizers.LastValueQuantizer(num_bits=8, per_axis=False, symmetric=True, narrow_range=True)
+
+
+# the weights WeightsQuantizeConfig quantizes, by layer class
+WEIGHT_ATTRIBUTES = {"Conv3D": ("kernel",), "Conv3DTranspose": ("kernel",), "PReLU": ("alpha",),
+                     "CrfRnn": ("spatial_weight", "bilateral_weight", "compatibility")}
 CUSTOM_CONFIGS = {"Rescaling": OutputQuantizeConfig, "Subtract": OutputQuantizeConfig,
-                  "BatchNormalization": OutputQuantizeConfig,
+                  "Multiply": OutputQuantizeConfig, "Dot": OutputQuantizeConfig,
+                  "BatchNormalization": OutputQuantizeConfig, "LearnableScale": OutputQuantizeConfig,
                   "Resizing": PassThroughQuantizeConfig, "Reshape": PassThroughQuantizeConfig,
-                  "Conv3D": WeightsQuantizeConfig, "Conv3DTranspose": WeightsQuantizeConfig,
-                  "PReLU": WeightsQuantizeConfig}
-SCOPE = {"OutputQuantizeConfig": OutputQuantizeConfig, "PassThroughQuantizeConfig": PassThroughQuantizeConfig,
-         "WeightsQuantizeConfig": WeightsQuantizeConfig}
+                  **{kind: WeightsQuantizeConfig for kind in WEIGHT_ATTRIBUTES},
+                  "SequenceSweep": RecurrentQuantizeConfig}
+SCOPE = {cls.__name__: cls for cls in (OutputQuantizeConfig, PassThroughQuantizeConfig, WeightsQuantizeConfig,
+                                       RecurrentQuantizeConfig)}
 
 
 def annotate_for_qat(model):
     """Annotate every layer: tfmot's default registry where it covers the layer, ``CUSTOM_CONFIGS`` otherwise.
+    Nested models (attention to scale's shared network) are first inlined (``flatten_nested``): tfmot rejects a
+    model inside a model.
 
     Returns:
         ``(annotated model, {layer name: config class name} of the custom-annotated layers)``.
@@ -99,12 +135,20 @@ def annotate_for_qat(model):
 
     supported = registry.Default8BitQuantizeRegistry()
     custom = {}
+    model = flatten_nested(model)
+    calls = {}
+    for nodes in model._nodes_by_depth.values():
+        for node in nodes:
+            calls[node.layer.name] = calls.get(node.layer.name, 0) + 1
 
     def annotate(layer):
         kind = type(layer).__name__
         # BatchNormalization after a Conv2D / DepthwiseConv2D / Dense folds into it (tfmot's layout transforms);
-        # after anything else (V-Net's Conv3D) it stays a layer of its own that quantizes its output
-        if supported.supports(layer) or kind == "InputLayer" or (kind == "BatchNormalization" and _folds(layer)):
+        # after anything else (V-Net's Conv3D), or when the pair is shared by several calls (attention to scale's
+        # network, once per scale: tfmot transforms no shared layer), it stays a layer of its own that quantizes
+        # its output
+        if supported.supports(layer) or kind == "InputLayer" or (kind == "BatchNormalization" and
+                                                                  _folds(layer, calls)):
             return layer
         if kind not in CUSTOM_CONFIGS:
             raise ValueError(f"layer {layer.name!r} ({kind}) has no QuantizeConfig: add one to "
@@ -116,9 +160,50 @@ def annotate_for_qat(model):
     return quant.quantize_annotate_model(annotated), custom  # the rest with the default registry
 
 
-def _folds(batch_norm):
+def flatten_nested(model):
+    """``model`` with every nested model inlined: the same layer objects (weights shared with ``model``) called
+    on the outer tensors, so a sub-model called twice becomes layers shared by two calls. ``model`` itself when it
+    nests none."""
+    if not any(isinstance(layer, tf_keras.Model) for layer in model.layers):
+        return model
+    inputs = [tf_keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name.split(":")[0].split("/")[0])
+              for t in model.inputs]
+    outputs = _call_inlined(model, inputs)
+    return tf_keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
+                          name=model.name)
+
+
+def _call_inlined(model, inputs):
+    """``model``'s graph (tf_keras ``Functional._run_internal_graph``) on ``inputs``, nested models inlined."""
+    tensors = {}
+    for reference, tensor in zip(model.inputs, inputs):
+        tensors[str(id(reference))] = [tensor] * model._tensor_usage_count[str(id(reference))]
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input or any(i not in tensors for i in node.flat_input_ids):
+                continue
+            args, kwargs = node.map_arguments(tensors)
+            if isinstance(node.layer, tf_keras.Model):
+                outputs = _call_inlined(node.layer, tf.nest.flatten(args))
+            else:
+                outputs = node.layer(*args, **kwargs)
+            for i, y in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
+                tensors[i] = [y] * model._tensor_usage_count[i]
+    return [tensors[str(id(x))].pop() for x in model.outputs]
+
+
+def quantize_model(model, scheme=None):
+    """``annotate_for_qat`` then ``quantize_apply`` (with ``scheme``, e.g. a pruning-preserving one):
+    ``(fake-quantized model, {layer name: custom config class name})``."""
+    annotated, custom = annotate_for_qat(model)
+    with quant.quantize_scope(SCOPE):
+        return (quant.quantize_apply(annotated, scheme) if scheme else quant.quantize_apply(annotated)), custom
+
+
+def _folds(batch_norm, calls):
     inbound = batch_norm.inbound_nodes[0].inbound_layers
-    return type(inbound).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense")
+    return (type(inbound).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense") and
+            calls[batch_norm.name] == calls[inbound.name] == 1)
 
 
 def kernel_stats(model):
@@ -227,18 +312,18 @@ def main(job_path):
     log.update(sparsity=sparsity, clusters=clusters, m_by_n=m_by_n)
     model.save_weights(os.path.join(job["out"], "optimized.weights.h5"))
     if job.get("qat"):
-        annotated, custom = annotate_for_qat(model)
-        log["custom_quantize_configs"] = custom
         scheme = None
         if job.get("cluster"):
             scheme = tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(job.get("prune") is not None)
         elif job.get("prune") is not None:
             scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
-        with quant.quantize_scope(SCOPE):
-            qat = quant.quantize_apply(annotated, scheme) if scheme else quant.quantize_apply(annotated)
+        qat, log["custom_quantize_configs"] = quantize_model(model, scheme)
         fit(qat, [])
+        calibration = np.load(job["calibration"])
+        flatbuffer = convert_qat(qat, calibration, job["io_dtype"])
+        log["qat_int8_vs_fake_quant"] = int8_agreement(qat, flatbuffer, calibration[:4])
         with open(os.path.join(job["out"], "qat.tflite"), "wb") as f:
-            f.write(convert_qat(qat, np.load(job["calibration"]), job["io_dtype"]))
+            f.write(flatbuffer)
     with open(os.path.join(job["out"], "result.json"), "w") as f:
         json.dump(log, f)
 
@@ -254,6 +339,39 @@ def convert_qat(model, calibration, io_dtype):
     converter.inference_input_type = getattr(tf, io_dtype)
     converter.inference_output_type = getattr(tf, io_dtype)
     return converter.convert()
+
+
+
+def int8_agreement(model, flatbuffer, images):
+    """How closely the int8 TFLite ``flatbuffer`` follows the fake-quantized Keras ``model`` it was converted
+    from, on ``images`` (raw pixels in [0, 255]): ``max_error`` (largest absolute difference of the dequantized
+    logits, over the range of the Keras logits), ``max_error_steps`` (the same difference in steps of the int8
+    output's scale: 1 is one rounding step) and ``agreement`` (share of pixels with the same argmax)."""
+    from edge.interpreter import load_interpreter, run_once
+
+    interp = load_interpreter(model_content=flatbuffer)
+    (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
+    errors, steps, agree = [], [], []
+    for image in images:
+        image = image.reshape([1] + [int(d) for d in model.inputs[0].shape[1:]]).astype(np.float32)
+        scale, zero = inp["quantization"]
+        x = np.clip(np.round(image / scale + zero), *_limits(inp["dtype"])) if scale else image
+        got = run_once(interp, x).astype(np.float32)
+        scale, zero = out["quantization"]
+        got = (got - zero) * scale if scale else got
+        expected = np.asarray(model(image, training=False))
+        error = float(np.max(np.abs(got - expected)))
+        errors.append(error / max(float(np.ptp(expected)), 1e-12))
+        steps.append(error / scale if scale else 0.0)
+        agree.append(np.mean(got.argmax(-1) == expected.argmax(-1)) if expected.shape[-1] > 1 else
+                     np.mean((got > 0) == (expected > 0)))
+    return {"max_error": float(np.max(errors)), "max_error_steps": float(np.max(steps)),
+            "agreement": float(np.mean(agree))}
+
+
+def _limits(dtype):
+    info = np.iinfo(dtype)
+    return info.min, info.max
 
 
 if __name__ == "__main__":
