@@ -283,6 +283,9 @@ def load_config(path, overrides=()):
             raw = yaml.load(f, Loader=_Loader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        hint = " (a model file? pass it with --model)" if path.endswith((".keras", ".tflite", ".h5")) else ""
+        raise ConfigError(f"{path}: not a text file; expected an experiment YAML file (see configs/){hint}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -116,6 +116,9 @@ def test_missing_and_broken_files(tmp_path):
     assert "not found" in error(tmp_path / "nope.yaml")
     assert "not valid YAML" in error(write_config(tmp_path, text="train: [1,"))
     assert "missing section 'data'" in error(write_config(tmp_path, text="model: {name: unet}\n"))
+    model = tmp_path / "best.keras"  # a model where the config goes (kseg evaluate best.keras ...)
+    model.write_bytes(b"PK\x03\x04\x14\x00\x00\x00\x08\x00\x87\xff")
+    assert "not a text file" in error(model) and "--model" in error(model)
 
 
 def test_time_budget_is_single_process(tmp_path):
