@@ -499,6 +499,8 @@ def test_hrnetv2_parameter_count(width, paper_params):
     assert abs(params - paper_params) / paper_params < 0.005, params
 
 
+# slow (about 16 s idle): the registry tests build and convert all three FCNs; this checks the skip structure
+@pytest.mark.slow
 def test_fcn_skips():
     """FCN-8s fuses two skips through learned 2x upsamplings that start as bilinear interpolation; with random
     skip scores (zero at init, as in the paper) the whole fused graph converts to TFLite exactly."""
@@ -572,6 +574,8 @@ def test_pspnet_pyramid_and_aux_head(aux_head):
         layer.name for layer in model.layers)
 
 
+# slow (about 16 s idle): an edge case of the pyramid pooling; the registry and aux-head tests cover PSPNet
+@pytest.mark.slow
 def test_pspnet_bins_that_do_not_divide_the_map():
     """64x64 input: stride-8 maps of 8x8, where bins 3 and 6 take Caffe's ceil/floor windows and a resize back;
     still b x b cells, and TFLite agrees with Keras."""

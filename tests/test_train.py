@@ -270,6 +270,9 @@ def free_ports(n):
     return ports
 
 
+# slow: two TensorFlow processes (about 20 s on an idle 2-core machine); the mirrored strategy tests stay in the
+# default run
+@pytest.mark.slow
 def test_multi_worker_with_two_local_processes(tmp_path, shapes):
     path, cfg = make_config(tmp_path, shapes, batch_size=2, epochs=1)
     workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
