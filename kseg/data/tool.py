@@ -167,35 +167,42 @@ def check(cfg, splits=None, progress=True):
     num_classes, ignore = cfg["num_classes"], cfg["ignore_index"]
     result = {"samples": {}, "problems": [], "histogram": np.zeros(num_classes, np.int64), "ignored": 0,
               "sizes": Counter()}
+    for image_ref, label_ref in _each_sample(cfg, splits, fmt.samples, result, progress):
+        try:
+            image, label = fmt.read_pair(cfg, image_ref, label_ref)
+        except DataError as exc:
+            result["problems"].append(str(exc))
+            continue
+        result["sizes"][label.shape if fmt.volumetric else label.shape[::-1]] += 1
+        valid = (label >= 0) & (label < num_classes)
+        result["histogram"] += np.bincount(label[valid].ravel(), minlength=num_classes)
+        result["ignored"] += int((label == ignore).sum())
+        bad = np.unique(label[~valid & (label != ignore)])
+        if bad.size:
+            shown = ", ".join(str(v) for v in bad[:8]) + (", ..." if bad.size > 8 else "")
+            result["problems"].append(
+                f"{label_ref}: label values {shown} are outside the class list 0-{num_classes - 1} and not "
+                f"the ignore index {ignore} ({int((~valid & (label != ignore)).sum())} pixels); fix the "
+                f"label or the config's num_classes")
+    return result
+
+
+def _each_sample(cfg, splits, list_pairs, result, progress):
+    """Yields the ``(image_ref, label_ref)`` pairs of every split, counting them in ``result["samples"]``; a split
+    that cannot be listed is one problem, not the end of the check."""
     for split in splits or split_names(cfg):
         try:
-            pairs = fmt.samples(cfg, split, result["problems"])
+            pairs = list_pairs(cfg, split, result["problems"])
         except (DataError, ConfigError) as exc:
             result["problems"].append(str(exc))
             result["samples"][split] = 0
             continue
         result["samples"][split] = len(pairs)
         bar = Progress(len(pairs), f"checking {split}") if progress else None
-        for done, (image_ref, label_ref) in enumerate(pairs, start=1):
-            try:
-                image, label = fmt.read_pair(cfg, image_ref, label_ref)
-            except DataError as exc:
-                result["problems"].append(str(exc))
-            else:
-                result["sizes"][label.shape if fmt.volumetric else label.shape[::-1]] += 1
-                valid = (label >= 0) & (label < num_classes)
-                result["histogram"] += np.bincount(label[valid].ravel(), minlength=num_classes)
-                result["ignored"] += int((label == ignore).sum())
-                bad = np.unique(label[~valid & (label != ignore)])
-                if bad.size:
-                    shown = ", ".join(str(v) for v in bad[:8]) + (", ..." if bad.size > 8 else "")
-                    result["problems"].append(
-                        f"{label_ref}: label values {shown} are outside the class list 0-{num_classes - 1} and not "
-                        f"the ignore index {ignore} ({int((~valid & (label != ignore)).sum())} pixels); fix the "
-                        f"label or the config's num_classes")
+        for done, pair in enumerate(pairs, start=1):
+            yield pair
             if bar:
                 bar.update(done)
-    return result
 
 
 def instance_samples(cfg, split, problems):
@@ -240,19 +247,8 @@ def check_instances(cfg, splits=None, progress=True):
     """
     result = {"samples": {}, "problems": [], "warnings": [], "sizes": Counter(), "counts": [], "areas": [],
               "classes": np.zeros(cfg["num_classes"], np.int64), "dropped": 0}
-    for split in splits or split_names(cfg):
-        try:
-            pairs = instance_samples(cfg, split, result["problems"])
-        except (DataError, ConfigError) as exc:
-            result["problems"].append(str(exc))
-            result["samples"][split] = 0
-            continue
-        result["samples"][split] = len(pairs)
-        bar = Progress(len(pairs), f"checking {split}") if progress else None
-        for done, (image_ref, label_ref) in enumerate(pairs, start=1):
-            _check_instance_sample(cfg, image_ref, label_ref, result)
-            if bar:
-                bar.update(done)
+    for image_ref, label_ref in _each_sample(cfg, splits, instance_samples, result, progress):
+        _check_instance_sample(cfg, image_ref, label_ref, result)
     result["counts"] = np.asarray(result["counts"], np.int64)
     result["areas"] = np.concatenate(result["areas"]).astype(np.int64) if result["areas"] else np.zeros(0, np.int64)
     return result
