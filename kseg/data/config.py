@@ -34,12 +34,7 @@ def validate_data_config(cfg, base_dir=None):
     Raises:
         ConfigError: unknown format or key, missing root, wrong type or value.
     """
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(f"data: expected a mapping with at least 'format', 'root' and 'image_size', got {cfg!r}")
-    cfg = copy.deepcopy(dict(cfg))
-    for key in cfg:
-        if key not in _KEYS:
-            raise ConfigError(f"data.{key}: unknown key; known keys are {', '.join(_KEYS)}")
+    cfg = _checked_copy(cfg, _KEYS, "'format', 'root' and 'image_size'")
     fmt = get_format(_require(cfg, "format", str))
     cfg["root"] = str(fmt.locate(_resolve_root(_require(cfg, "root", (str, os.PathLike)), base_dir,
                                                fmt.root_must_exist)))
@@ -74,6 +69,18 @@ def validate_data_config(cfg, base_dir=None):
     cfg["crop_size"] = _crop_size(cfg)
     cfg["cache"] = _typed(cfg.get("cache", False), bool, "data.cache")
     return cfg
+
+
+def _checked_copy(cfg, keys, required, kind=""):
+    """A deep copy of a data section after checking it is a mapping of known keys (``kind`` names the data kind in
+    the message, e.g. "instance data")."""
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"data: expected a mapping with at least {required}, got {cfg!r}")
+    for key in cfg:
+        if key not in keys:
+            raise ConfigError(f"data.{key}: unknown key{' for ' + kind if kind else ''}; known keys are "
+                              f"{', '.join(keys)}")
+    return copy.deepcopy(dict(cfg))
 
 
 def _require(cfg, key, types):

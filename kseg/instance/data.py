@@ -55,7 +55,6 @@ Example:
     >>> batch["masks"].shape                    # (4, 16, 128, 128) uint8
 """
 
-import copy
 import functools
 import io
 import zipfile
@@ -67,7 +66,7 @@ import numpy as np
 from PIL import Image
 
 from kseg.data import synthetic
-from kseg.data.config import _choice, _class_names, _int, _resolve_root, _size, _typed
+from kseg.data.config import _checked_copy, _choice, _class_names, _int, _resolve_root, _size, _typed
 from kseg.data.formats import Format, get_format, join_ref, pick_range, split_ref
 from kseg.data.formats_2d import read_instances
 from kseg.data.io import read_image, read_mask, resize_image
@@ -97,12 +96,7 @@ def validate_instance_data_config(cfg, base_dir=None):
     Raises:
         ConfigError: unknown format or key, wrong type or value, missing root.
     """
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(f"data: expected a mapping with at least 'format' and 'image_size', got {cfg!r}")
-    cfg = copy.deepcopy(dict(cfg))
-    for key in cfg:
-        if key not in _KEYS:
-            raise ConfigError(f"data.{key}: unknown key for instance data; known keys are {', '.join(_KEYS)}")
+    cfg = _checked_copy(cfg, _KEYS, "'format' and 'image_size'", "instance data")
     fmt = _choice(cfg.get("format"), FORMATS, "data.format (instance segmentation)")
     if fmt == "instance_synthetic":
         cfg["root"] = None if cfg.get("root") is None else str(_resolve_root(cfg["root"], base_dir, False))
