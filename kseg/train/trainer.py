@@ -235,11 +235,9 @@ def train(cfg, verbose=1, callbacks=()):
         if verbose and chief:
             print(_describe(cfg, run_dir, strategy, global_batch, steps_per_epoch, state if resumed else None))
 
-        if instance:
-            recorder = Recorder(run_dir, val_ds, state, t["val_every"], t["epochs"], write=chief,
-                                monitor="val_mask_ap", score=_mask_ap_score(val_ds, cfg["data"]["num_classes"]))
-        else:
-            recorder = Recorder(run_dir, val_ds, state, t["val_every"], t["epochs"], write=chief, deploy_model=deploy)
+        recorder = Recorder(run_dir, val_ds, state, t["val_every"], t["epochs"], write=chief, deploy_model=deploy,
+                            monitor="val_mask_ap" if instance else "val_mean_iou",
+                            score=_mask_ap_score(val_ds, cfg["data"]["num_classes"]) if instance else None)
         budget = None
         own = [Progress(state, steps_per_epoch)]
         if t["time_budget_min"] is not None:
