@@ -21,6 +21,12 @@ def _add_config(p):
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3")
 
 
+def _add_tta(p):
+    p.add_argument("--tta", default="none", choices=("none", "flip", "d4"),
+                   help="test-time augmentation (.keras models): average over the mirrored image (flip) or all "
+                        "8 mirrors and quarter turns (d4)")
+
+
 def _parser():
     ap = argparse.ArgumentParser(prog="kseg", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -37,6 +43,7 @@ def _parser():
     p.add_argument("--samples", type=int, default=8, help="overlay pictures in the report")
     p.add_argument("--refine", metavar="NAME", help="refine the probabilities with a post-processor from "
                    "kseg.postprocess (e.g. crf) before scoring (.keras models)")
+    _add_tta(p)
 
     p = sub.add_parser("predict", help="write masks and overlays for an image or a folder")
     p.add_argument("model", help="a .keras model")
@@ -45,6 +52,7 @@ def _parser():
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--refine", metavar="NAME", help="refine the probabilities with a post-processor from "
                    "kseg.postprocess (e.g. crf)")
+    _add_tta(p)
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="instance models: detections scoring below this are not drawn (default 0.5)")
 
@@ -97,11 +105,11 @@ def _run(args):
         from kseg.evaluate import evaluate
 
         evaluate(load_config(args.config, args.overrides), model_path=args.model, split=args.split,
-                 out_dir=args.out, num_samples=args.samples, refine=args.refine)
+                 out_dir=args.out, num_samples=args.samples, refine=args.refine, tta=args.tta)
     elif args.command == "predict":
         from kseg.predict import predict
 
-        predict(args.model, args.input, args.out, alpha=args.alpha, refine=args.refine,
+        predict(args.model, args.input, args.out, alpha=args.alpha, refine=args.refine, tta=args.tta,
                 score_threshold=args.score_threshold)
     elif args.command == "export":
         from export.api import export_model

@@ -2,7 +2,9 @@
 
 The report holds ``metrics.json``, ``table.txt``, ``confusion_matrix.png``, ``per_class_iou.png`` and
 ``samples.png`` (image, ground truth and prediction overlays). A ``.tflite`` model is scored through the edge
-runtime, so the numbers are those the device will see.
+runtime, so the numbers are those the device will see. ``--tta flip`` / ``--tta d4`` average the probabilities over
+mirrored (and, for ``d4``, rotated) copies of each image, the test-time augmentation of the U-Net paper's
+successors (e.g. the ISBI 2012 entries); ``metrics.json`` records it.
 
 An instance model (Mask R-CNN, ``kseg.model_task(name) == "instance"``) is scored by COCO mask AP, AP50, AP75 and
 box AP (``kseg.instance.evaluate``); its report holds ``metrics.json`` and ``samples.png`` (ground truth and
@@ -47,26 +49,60 @@ def probabilities(logits):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def keras_predictor(model, refine=None):
+# test-time augmentation -> number of views: the first 2 of the square's 8 symmetries are identity and mirror
+TTA = {"none": 1, "flip": 2, "d4": 8}
+
+
+def _view(image, k):
+    """The k-th symmetry of the square applied to ``image`` (H, W, ...): mirrored if k is odd, then k // 2 quarter
+    turns."""
+    return np.rot90(image[:, ::-1] if k % 2 else image, k // 2)
+
+
+def _unview(image, k):
+    """The inverse of ``_view(., k)``."""
+    image = np.rot90(image, -(k // 2))
+    return image[:, ::-1] if k % 2 else image
+
+
+def keras_predictor(model, refine=None, tta="none"):
     """A function ``uint8 RGB image (H, W, 3) -> class ids (H, W)`` for a loaded Keras model; with ``refine``
-    (a refiner name, see ``refiner``) the model's probabilities are refined with the image before the argmax."""
+    (a refiner name, see ``refiner``) the model's probabilities are refined with the image before the argmax;
+    with ``tta`` (``TTA``) the probabilities are averaged over that many mirrored / rotated views, one batch.
+
+    Raises:
+        ConfigError: an unknown ``tta``, or ``d4`` on a model whose fixed input is not square.
+    """
     refine_fn = refiner(refine)
+    if tta not in TTA:
+        raise ConfigError(f"--tta must be one of {', '.join(TTA)}, got {tta!r}")
+    views = TTA[tta]
+    in_h, in_w = model.inputs[0].shape[1:3]
+    if views > 2 and in_h is not None and in_h != in_w:
+        raise ConfigError(f"--tta {tta} rotates the image a quarter turn, which a model with a fixed {in_h}x{in_w} "
+                          "input cannot take; use --tta flip")
 
     def predict(image):
-        logits = model(image[None].astype(np.float32), training=False).numpy()[0]
-        if refine_fn is None:
-            return np.argmax(logits, axis=-1)
-        return np.argmax(refine_fn(image, probabilities(logits)), axis=-1)
+        batch = [_view(image, k).astype(np.float32) for k in range(views)]
+        if image.shape[0] == image.shape[1]:
+            logits = model(np.stack(batch), training=False).numpy()
+        else:  # quarter turns change the shape: mirrors and turned views go through one at a time
+            logits = [model(x[None], training=False).numpy()[0] for x in batch]
+        if views == 1 and refine_fn is None:
+            return np.argmax(logits[0], axis=-1)
+        probs = np.mean([_unview(probabilities(x), k) for k, x in enumerate(logits)], axis=0)
+        return np.argmax(probs if refine_fn is None else refine_fn(image, probs), axis=-1)
 
     return predict
 
 
-def predictor(model_path, refine=None):
+def predictor(model_path, refine=None, tta="none"):
     """A function ``uint8 RGB image (H, W, 3) -> class ids (H, W)`` for a ``.keras`` or ``.tflite`` model,
-    optionally refined (``keras_predictor``; ``.keras`` models only)."""
+    optionally refined and test-time augmented (``keras_predictor``; ``.keras`` models only)."""
     if os.fspath(model_path).endswith(".tflite"):
-        if refine is not None:
-            raise ConfigError(f"--refine {refine}: refiners take the probabilities of a .keras model; "
+        if refine is not None or tta != "none":
+            option = f"--refine {refine}" if refine is not None else f"--tta {tta}"
+            raise ConfigError(f"{option}: takes the probabilities of a .keras model; "
                               f"{model_path} is a .tflite model (evaluate its .keras source instead)")
         from edge.runtime import Segmenter
 
@@ -74,7 +110,7 @@ def predictor(model_path, refine=None):
         return lambda image: seg.segment(image, rgb=True).mask
     from kseg.saving import load_model
 
-    return keras_predictor(load_model(model_path), refine)
+    return keras_predictor(load_model(model_path), refine, tta)
 
 
 def uint8_samples(data_cfg, split):
@@ -173,7 +209,8 @@ def evaluate_instances(cfg, model_path=None, split="val", out_dir=None, num_samp
     return metrics
 
 
-def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, verbose=True, refine=None):
+def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, verbose=True, refine=None,
+             tta="none"):
     """Score a model on ``split`` of the config's data and write the report.
 
     Args:
@@ -182,6 +219,8 @@ def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, ver
         out_dir: report folder; default ``<run dir>/report-<split>``.
         refine: a refiner name from ``kseg.postprocess`` (e.g. ``"crf"``) applied to the probabilities of a
             ``.keras`` model before the argmax; recorded in ``metrics.json``.
+        tta: test-time augmentation of a ``.keras`` model (``none``, ``flip``, ``d4``; ``keras_predictor``),
+            recorded in ``metrics.json``.
 
     Returns:
         The metrics dict written to ``metrics.json``.
@@ -190,8 +229,9 @@ def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, ver
     from kseg.models.registry import model_task
 
     if model_task(cfg["model"]["name"]) == "instance":
-        if refine is not None:
-            raise ConfigError(f"--refine {refine}: refiners work on per-pixel class probabilities; "
+        if refine is not None or tta != "none":
+            option = f"--refine {refine}" if refine is not None else f"--tta {tta}"
+            raise ConfigError(f"{option}: works on per-pixel class probabilities; "
                               f"{cfg['model']['name']} is an instance model")
         return evaluate_instances(cfg, model_path, split, out_dir, num_samples, verbose)
 
@@ -202,7 +242,7 @@ def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, ver
     num_classes, ignore = int(data_cfg["num_classes"]), int(data_cfg["ignore_index"])
     info = dataset_info(data_cfg)
     names, colours = info["class_names"], info["palette"]
-    predict = predictor(model_path, refine)
+    predict = predictor(model_path, refine, tta)
 
     cm, bf = ConfusionMatrix(num_classes, ignore), BoundaryF1(num_classes, ignore_index=ignore)
     samples, count = [], 0
@@ -214,7 +254,7 @@ def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, ver
         if len(samples) < num_samples:
             samples.append((image, label, pred))
 
-    metrics = {"model": os.fspath(model_path), "split": split, "refine": refine, "num_images": count,
+    metrics = {"model": os.fspath(model_path), "split": split, "refine": refine, "tta": tta, "num_images": count,
                **cm.summary(), "boundary_f1": bf.summary()}
     os.makedirs(out_dir, exist_ok=True)
     table = cm.table(names)

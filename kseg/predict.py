@@ -24,12 +24,13 @@ def _inputs(path):
 
 
 def predict(model_path, input_path, out_dir, alpha=0.5, verbose=True, refine=None, score_threshold=0.5,
-            class_names=None):
+            class_names=None, tta="none"):
     """Segment every image and write ``<name>_mask.png`` (class ids) and ``<name>_overlay.png``.
 
     Images of any size are resized to the model's input and the mask is resized back (nearest). An unreadable
     image is reported and skipped; the others are still written. ``refine``: a refiner name from
-    ``kseg.postprocess`` (e.g. ``"crf"``) applied to the model's probabilities and the resized image.
+    ``kseg.postprocess`` (e.g. ``"crf"``) applied to the model's probabilities and the resized image; ``tta``:
+    test-time augmentation (``none``, ``flip``, ``d4``; ``kseg.evaluate.keras_predictor``).
 
     An instance model writes ``<name>_instances.png`` (16-bit instance label map: 0 background, detection i as i + 1,
     the best score on top) and ``<name>_overlay.png`` (``kseg.viz.draw_instances``) of the detections scoring at
@@ -45,15 +46,15 @@ def predict(model_path, input_path, out_dir, alpha=0.5, verbose=True, refine=Non
     refiner(refine)  # an unknown name fails before the model loads
     model = load_model(model_path)
     instance = is_instance_model(model)
-    if instance and refine is not None:
-        raise ConfigError(f"--refine {refine}: refiners work on per-pixel class probabilities; {model_path} is an "
-                          "instance model")
+    if instance and (refine is not None or tta != "none"):
+        option = f"--refine {refine}" if refine is not None else f"--tta {tta}"
+        raise ConfigError(f"{option}: works on per-pixel class probabilities; {model_path} is an instance model")
     if instance:
         model = model.inference_model()  # the deployable graph, batch 1: what `kseg export` converts
         segment = _instance_predictor(model, score_threshold)
         class_names = class_names if class_names is not None else _run_class_names(model_path)
     else:
-        segment = keras_predictor(model, refine)
+        segment = keras_predictor(model, refine, tta)
     in_h, in_w = (int(d) if d is not None else None for d in model.inputs[0].shape[1:3])
     colours = None if instance else viz.palette(int(model.outputs[0].shape[-1]))
     os.makedirs(out_dir, exist_ok=True)

@@ -53,6 +53,8 @@ def test_evaluate_writes_report_with_pictures(trained, capsys):
     for name in ("confusion_matrix.png", "per_class_iou.png", "samples.png", "table.txt"):
         assert cv2.imread(str(out / name)) is not None or name.endswith(".txt"), name
     assert "IoU" in capsys.readouterr().out
+    assert main(["evaluate", str(path), "--out", str(root / "report-tta"), "--tta", "flip", "--samples", "0"]) == 0
+    assert json.loads((root / "report-tta" / "metrics.json").read_text())["tta"] == "flip"
 
 
 def test_predict_folder_writes_masks_and_skips_bad_files(trained, tmp_path, capsys):
