@@ -25,8 +25,11 @@ $(NUCLEI)/.fetched:
 	@$(BIN)/pip download -q --disable-pip-version-check --no-deps stardist==0.9.2 -d $(NUCLEI) && touch $@ \
 	  || echo "could not fetch the stardist 0.9.2 wheel (nuclei data) into $(NUCLEI); its tests will skip"
 
+# Tests run in TEST_WORKERS processes, one test file per process at a time (module fixtures stay shared; most tests
+# are single-threaded Python around short TensorFlow calls, so two processes use two cores: 17 min instead of 25).
+TEST_WORKERS ?= 2
 test: $(STAMP) $(NUCLEI)/.fetched
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP) $(NUCLEI)/.fetched
 	$(BIN)/python -m pytest -q -m slow

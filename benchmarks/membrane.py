@@ -9,7 +9,7 @@ minutes) and the ratio of each number to the target (mIoU 0.83, pixel accuracy 0
 ``<out>/benchmark.json``.
 
 Usage:
-    .venv/bin/python benchmarks/membrane.py [--minutes 10] [--out DIR] [--config PATH] [key=value ...]
+    .venv/bin/python benchmarks/membrane.py [--minutes 10] [--out DIR] [--config PATH] [--tta d4] [key=value ...]
     e.g. nice -n 5 .venv/bin/python benchmarks/membrane.py --minutes 5 model.base_filters=16 data.crop_size=192
 
 The data set is expected in ``../shared/data/isbi2012-membrane`` (``train/image``, ``train/label``); without it
@@ -34,6 +34,8 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=10.0, help="training budget (train.time_budget_min)")
     p.add_argument("--out", default=None, help="run folder (default runs/membrane-bench-<time>)")
     p.add_argument("--config", default=os.path.join(REPO, "configs", "unet_membrane-512x512.yaml"))
+    p.add_argument("--tta", default="none", choices=("none", "flip", "d4"),
+                   help="test-time augmentation of the scored model (kseg evaluate --tta)")
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = p.parse_args(argv)
 
@@ -66,7 +68,7 @@ def main(argv=None):
         result = train(cfg, verbose=2)
         load_end = os.getloadavg()
         metrics = evaluate(cfg, model_path=os.path.join(result["run_dir"], "best.keras"),
-                           out_dir=os.path.join(result["run_dir"], "report-val"), verbose=True)
+                           out_dir=os.path.join(result["run_dir"], "report-val"), verbose=True, tta=args.tta)
     except KsegError as e:
         sys.exit(f"error: {e}")
 
@@ -75,7 +77,7 @@ def main(argv=None):
     miou, acc = metrics["mean_iou"], metrics["pixel_accuracy"]
     summary = {
         "config": os.path.relpath(args.config, REPO), "overrides": args.overrides, "minutes": args.minutes,
-        "run_dir": result["run_dir"], "val_miou": miou, "per_class_iou": dict(zip(names, per_class)),
+        "tta": args.tta, "run_dir": result["run_dir"], "val_miou": miou, "per_class_iou": dict(zip(names, per_class)),
         "pixel_accuracy": acc, "boundary_f1": metrics["boundary_f1"]["mean_boundary_f1"],
         "train_wall_time_s": result["wall_time_s"], "steps": result["steps"], "epochs_done": result["epochs_done"],
         "best_epoch": result["best_epoch"], "stopped_by_budget": result["stopped_by_budget"],
@@ -88,6 +90,7 @@ def main(argv=None):
 
     print("\n=== ISBI 2012 membrane benchmark ===")
     print(f"run            {result['run_dir']}")
+    print(f"scored with    test-time augmentation {args.tta}")
     print(f"val mIoU       {miou:.4f}   (target {TARGET['miou']}, ratio {miou / TARGET['miou']:.3f}; "
           f"baseline {BASELINE['miou']})")
     print("per-class IoU  " + ", ".join(f"{n} {v:.4f}" for n, v in zip(names, per_class)))
