@@ -15,7 +15,6 @@ Keys in the window: ``m`` next view (overlay / mask / side by side), ``s`` save 
 """
 
 import argparse
-import ctypes
 import functools
 import logging
 import os
@@ -40,19 +39,8 @@ class OutputError(KsegError):
     """The output file or folder cannot be written, or no window can be opened."""
 
 
-def _fix_mmap_threshold(size=128 * 1024):
-    """Keeps buffers of ``size`` bytes and more (every frame) in their own memory maps, returned to the system when
-    freed. By default glibc raises that threshold to the largest buffer freed so far, after which freed frames stay
-    in the heap as resident memory (about 5 MB here at 640x480). No-op off glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, size)  # -3: M_MMAP_THRESHOLD; setting it ends the adjustment
-    except (OSError, AttributeError):
-        pass
-
-
 def main(argv=None):
     """Entry point of ``kseg-edge``; returns the exit code (2 for errors a user can fix)."""
-    _fix_mmap_threshold()
     args = _parser().parse_args(argv)
     log = logging.getLogger("kseg.edge")
     if not log.handlers:

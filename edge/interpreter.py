@@ -43,8 +43,8 @@ def _release_mapped_pages(path):
 
     Once tensors are allocated, XNNPACK (and the EdgeTPU delegate) hold their own packed copy of the weights and
     the file's pages are rarely read again; any that are come back from the page cache on first touch. Without
-    this the process holds the model twice (measured: peak RSS of ``kseg-edge run`` on a 5 MB int8 model 101 ->
-    96 MB). Linux only; a no-op elsewhere or when the map cannot be found.
+    this the process holds the model twice (measured: peak RSS of ``kseg-edge run`` on a 5 MB int8 model 105 ->
+    101 MB). Linux only; a no-op elsewhere or when the map cannot be found.
     """
     try:
         real = os.path.realpath(path)
