@@ -26,7 +26,7 @@ $(NUCLEI)/.fetched:
 	  || echo "could not fetch the stardist 0.9.2 wheel (nuclei data) into $(NUCLEI); its tests will skip"
 
 # Tests run in TEST_WORKERS processes, one test file per process at a time (module fixtures stay shared; most tests
-# are single-threaded Python around short TensorFlow calls, so two processes use two cores: 17 min instead of 25).
+# are single-threaded Python around short TensorFlow calls, so two processes use two cores: 14 min instead of 25).
 TEST_WORKERS ?= 2
 test: $(STAMP) $(NUCLEI)/.fetched
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
