@@ -50,7 +50,7 @@ def _release_mapped_pages(path):
         real = os.path.realpath(path)
         with open("/proc/self/maps") as f:
             ranges = [line.split()[0] for line in f if line.rstrip().endswith(real) and "w" not in line.split()[1]]
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
     libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)

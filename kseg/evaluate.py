@@ -96,12 +96,20 @@ def keras_predictor(model, refine=None, tta="none"):
     return predict
 
 
+def probability_option(refine=None, tta="none"):
+    """The option, as typed (``--refine crf``, ``--tta d4``), that works on a Keras model's class probabilities,
+    or None: for the errors on models that have none (``.tflite`` files, instance models)."""
+    if refine is not None:
+        return f"--refine {refine}"
+    return f"--tta {tta}" if tta != "none" else None
+
+
 def predictor(model_path, refine=None, tta="none"):
     """A function ``uint8 RGB image (H, W, 3) -> class ids (H, W)`` for a ``.keras`` or ``.tflite`` model,
     optionally refined and test-time augmented (``keras_predictor``; ``.keras`` models only)."""
     if os.fspath(model_path).endswith(".tflite"):
-        if refine is not None or tta != "none":
-            option = f"--refine {refine}" if refine is not None else f"--tta {tta}"
+        option = probability_option(refine, tta)
+        if option:
             raise ConfigError(f"{option}: takes the probabilities of a .keras model; "
                               f"{model_path} is a .tflite model (evaluate its .keras source instead)")
         from edge.runtime import Segmenter
@@ -229,8 +237,8 @@ def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, ver
     from kseg.models.registry import model_task
 
     if model_task(cfg["model"]["name"]) == "instance":
-        if refine is not None or tta != "none":
-            option = f"--refine {refine}" if refine is not None else f"--tta {tta}"
+        option = probability_option(refine, tta)
+        if option:
             raise ConfigError(f"{option}: works on per-pixel class probabilities; "
                               f"{cfg['model']['name']} is an instance model")
         return evaluate_instances(cfg, model_path, split, out_dir, num_samples, verbose)

@@ -40,14 +40,14 @@ def predict(model_path, input_path, out_dir, alpha=0.5, verbose=True, refine=Non
     Returns:
         The list of mask paths written.
     """
-    from kseg.evaluate import is_instance_model, keras_predictor, refiner
+    from kseg.evaluate import is_instance_model, keras_predictor, probability_option, refiner
     from kseg.saving import load_model
 
     refiner(refine)  # an unknown name fails before the model loads
     model = load_model(model_path)
     instance = is_instance_model(model)
-    if instance and (refine is not None or tta != "none"):
-        option = f"--refine {refine}" if refine is not None else f"--tta {tta}"
+    option = probability_option(refine, tta)
+    if instance and option:
         raise ConfigError(f"{option}: works on per-pixel class probabilities; {model_path} is an instance model")
     if instance:
         model = model.inference_model()  # the deployable graph, batch 1: what `kseg export` converts
