@@ -300,11 +300,16 @@ def test_elastic_deformation_keeps_mask_aligned(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- crops, cache
 
+def _windows(full, crop):
+    """Every (top, left) where ``crop`` occurs in ``full``."""
+    (fh, fw), (ch, cw) = full.shape[:2], crop.shape[:2]
+    return [(y, x) for y in range(fh - ch + 1) for x in range(fw - cw + 1)
+            if np.array_equal(full[y:y + ch, x:x + cw], crop)]
+
+
 def _window_offset(full, crop):
     """(top, left) where ``crop`` occurs in ``full``; asserts that there is exactly one."""
-    (fh, fw), (ch, cw) = full.shape[:2], crop.shape[:2]
-    hits = [(y, x) for y in range(fh - ch + 1) for x in range(fw - cw + 1)
-            if np.array_equal(full[y:y + ch, x:x + cw], crop)]
+    hits = _windows(full, crop)
     assert len(hits) == 1, hits
     return hits[0]
 
@@ -324,6 +329,25 @@ def test_random_crops_are_aligned_windows_and_validation_stays_full(tmp_path):
         offsets.add((top, left))
     assert len(offsets) > 1
     np.testing.assert_array_equal(got, load(cfg, "train", augment=True, seed=1)[1])  # reproducible by seed
+
+
+@pytest.mark.parametrize("crop, turns", [([16, 16], {0, 1, 2, 3}), ([16, 20], {0, 2})])
+def test_rot90_turns_crops_exactly(tmp_path, crop, turns):
+    root, _ = fx.write_folder(tmp_path, n=4, masks="index")
+    cfg = {"format": "folder", "root": str(root), "num_classes": 3, "image_size": SIZE, "crop_size": crop,
+           "augment": {"rot90": True}, "splits": {"train": "0-3"}}
+    full_images, full_labels = load(cfg, "train")
+    seen = set()
+    for seed in range(6):
+        images, labels = load(cfg, "train", augment=True, seed=seed)
+        assert images.shape == (4, *crop, 3)
+        for full_image, full_label, image, label in zip(full_images, full_labels, images, labels):
+            # Random-valued images: exactly one quarter turn back makes the crop a window of the sample.
+            (k, (top, left)), = [(k, hit) for k in range(4) for hit in _windows(full_image, np.rot90(image, -k))]
+            h, w = np.rot90(label, -k).shape
+            np.testing.assert_array_equal(np.rot90(label, -k), full_label[top:top + h, left:left + w])
+            seen.add(k)
+    assert seen == turns
 
 
 def test_crops_after_geometric_and_elastic_augmentation_stay_aligned(tmp_path):

@@ -17,7 +17,7 @@ Data config schema (the ``data:`` section of an experiment file; defaults after 
       ignore_index: 255       # label never scored; also the fill of padding and of augmentation borders
       resize: stretch         # stretch to image_size | letterbox (keep aspect, pad bottom/right)
       crop_size: [256, 256]   # = null; [H, W] (or one int): with augment=True, random crops of this size
-                              # cut after the batch augmentation and before elastic; without augment
+                              # cut after the batch augmentation and before rot90, elastic; without augment
                               # (validation) samples stay at image_size, for fully convolutional models
       crop_pad: false         # allow crop_size > image_size: the rest is image 0, label ignore_index
       cache: false            # keep the decoded, resized samples in memory (uint8) after the first
@@ -37,6 +37,7 @@ Data config schema (the ``data:`` section of an experiment file; defaults after 
       augment:                # applied when build_dataset(..., augment=True)
         hflip: true           # = false
         vflip: true           # = false
+        rot90: true           # random quarter turns of each crop (exact; half turns only when H != W)
         rotate: 0.1           # max rotation, fraction of a full turn (0.1 = 36 degrees)
         scale: [0.75, 1.5]    # magnification range
         translate: 0.1        # max shift, fraction of H and W

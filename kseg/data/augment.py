@@ -1,9 +1,9 @@
 """Mask-aware augmentation.
 
 Geometric transforms and colour jitter are Keras 3 preprocessing layers applied to whole batches
-inside the tf.data pipeline (the layers move masks with nearest interpolation). Random crops and
-elastic deformation come after them, per sample, in numpy/OpenCV: deforming the crop only is cheaper
-than deforming the whole image.
+inside the tf.data pipeline (the layers move masks with nearest interpolation). Random crops, quarter
+turns and elastic deformation come after them, per sample, in numpy/OpenCV: turning and deforming the
+crop only is cheaper than transforming the whole image, and a quarter turn moves pixels exactly.
 """
 
 import itertools
@@ -62,18 +62,26 @@ def random_crop(image, label, size, rng, ignore_index):
     return out_image, out_label
 
 
-def sample_augmenter(crop_size, elastic, ignore_index):
-    """Builds ``fn(images, labels, rng) -> (images, labels)``: per-sample random crop, then elastic deformation.
+def random_rot90(image, label, rng):
+    """Turns a sample by a random multiple of 90 degrees; a non-square one only by 0 or 180 (static shape)."""
+    k = int(rng.integers(4)) if label.shape[0] == label.shape[1] else 2 * int(rng.integers(2))
+    return np.rot90(image, k), np.rot90(label, k)
+
+
+def sample_augmenter(crop_size, rot90, elastic, ignore_index):
+    """Builds ``fn(images, labels, rng) -> (images, labels)``: per-sample random crop, quarter turn, then elastic
+    deformation.
 
     Args:
         crop_size: (h, w) of the random crops, or None.
+        rot90: turn each sample by a random multiple of 90 degrees (``data.augment.rot90``).
         elastic: validated ``data.augment.elastic`` dict, or None.
         ignore_index: label of crop padding.
 
     Returns:
-        The function over numpy batches, or None when neither is asked for.
+        The function over numpy batches, or None when none of them is asked for.
     """
-    if crop_size is None and elastic is None:
+    if crop_size is None and not rot90 and elastic is None:
         return None
 
     def augment(images, labels, rng):
@@ -81,11 +89,13 @@ def sample_augmenter(crop_size, elastic, ignore_index):
         for image, label in zip(images, labels):
             if crop_size is not None:
                 image, label = random_crop(image, label, crop_size, rng, ignore_index)
+            if rot90:
+                image, label = random_rot90(image, label, rng)
             if elastic is not None and rng.random() < elastic["p"]:
                 image, label = elastic_deform(image, label, rng, elastic["alpha"], elastic["sigma"])
             out.append((image, label))
         images, labels = zip(*out)
-        return np.stack(images), np.stack(labels)
+        return np.ascontiguousarray(np.stack(images)), np.ascontiguousarray(np.stack(labels))
 
     return augment
 

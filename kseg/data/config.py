@@ -11,7 +11,7 @@ from kseg.errors import ConfigError
 _KEYS = ("format", "root", "num_classes", "image_size", "ignore_index", "splits", "augment", "resize",
          "image_dir", "mask_dir", "palette", "class_names", "synthetic", "crop_size", "crop_pad", "cache",
          "volume_size", "channels", "spacing", "depth", "max_depth", "voxel_size")
-_AUGMENT_KEYS = ("hflip", "vflip", "rotate", "scale", "translate", "brightness", "contrast", "elastic", "fill")
+_AUGMENT_KEYS = ("hflip", "vflip", "rot90", "rotate", "scale", "translate", "brightness", "contrast", "elastic", "fill")
 # Volume formats (nifti): their own keys and augmentations (kseg.data.volumes).
 _VOLUME_KEYS = ("volume_size", "channels", "spacing")
 _VOLUME_AUGMENT_KEYS = ("hflip", "vflip", "dflip", "rot90", "rotate", "intensity_scale", "intensity_shift")
@@ -298,6 +298,7 @@ def _augment(value):
             raise ConfigError(f"data.augment.{key}: unknown key; known keys are {', '.join(_AUGMENT_KEYS)}")
     out = {"hflip": _typed(spec.get("hflip", False), bool, "data.augment.hflip"),
            "vflip": _typed(spec.get("vflip", False), bool, "data.augment.vflip"),
+           "rot90": _typed(spec.get("rot90", False), bool, "data.augment.rot90"),
            "rotate": _number(spec.get("rotate", 0.0), "data.augment.rotate (fraction of a full turn)", 0, 0.5),
            "translate": _number(spec.get("translate", 0.0), "data.augment.translate", 0, 0.9),
            "brightness": _number(spec.get("brightness", 0.0), "data.augment.brightness", 0, 1),

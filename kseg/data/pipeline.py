@@ -99,7 +99,8 @@ def build_dataset(data_cfg, split, batch_size, augment=False, shuffle=None, repe
     # The layers draw from one seed generator; parallel calls would hand its draws out in any order.
     ds = ds.map(to_float_and_augment,
                 num_parallel_calls=None if augmenter and seed is not None else tf.data.AUTOTUNE)
-    per_sample = sample_augmenter(cfg["crop_size"], cfg["augment"]["elastic"], cfg["ignore_index"])
+    per_sample = sample_augmenter(cfg["crop_size"], cfg["augment"]["rot90"], cfg["augment"]["elastic"],
+                                  cfg["ignore_index"])
     if augment and per_sample is not None:
         out_h, out_w = cfg["crop_size"] or cfg["image_size"]
 
