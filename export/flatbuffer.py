@@ -9,8 +9,10 @@ Example:
 """
 
 import dataclasses
+import hashlib
 
 import flatbuffers
+import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from kseg.errors import ModelFileError
@@ -51,9 +53,30 @@ def load(flatbuffer, what="model"):
     return schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
 
 
+class _SharingBuilder(flatbuffers.Builder):
+    """A builder that writes each distinct array once and points every later copy at it.
+
+    The converter gives each per-channel quantized tensor its own int64 zero-point vector (all zeros) beside its
+    scales: 8 bytes per output channel of every kernel and bias, 0.34 MB of a 5.1 MB int8 DeepLabV3+ MobileNetV2.
+    A flatbuffer may reference one vector from many tables, and the interpreter only reads them, so sharing equal
+    vectors changes no value (tests/test_export.py compares outputs).
+    """
+
+    def __init__(self, size):
+        super().__init__(size)
+        self._written = {}
+
+    def CreateNumpyVector(self, x):  # noqa: N802 - the flatbuffers API's name
+        data = np.ascontiguousarray(x)
+        key = (data.dtype.str, data.size, hashlib.blake2b(data.tobytes(), digest_size=16).digest())
+        if key not in self._written:
+            self._written[key] = super().CreateNumpyVector(data)
+        return self._written[key]
+
+
 def dump(model):
-    """``schema.ModelT`` -> ``.tflite`` bytes."""
-    builder = flatbuffers.Builder(1024)
+    """``schema.ModelT`` -> ``.tflite`` bytes, with equal arrays stored once."""
+    builder = _SharingBuilder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
 

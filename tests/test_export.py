@@ -150,6 +150,33 @@ def test_metadata_embedded_and_read_without_tensorflow(bilinear_int8, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
 
 
+def test_rewritten_file_stores_equal_quantization_vectors_once(bilinear_int8):
+    from ai_edge_litert import schema_py_generated as schema
+
+    from export.flatbuffer import dump, load
+
+    def zero_points(data):
+        """(address in ``data``, length) of each per-channel zero-point vector."""
+        buf = bytearray(data)
+        graph = schema.Model.GetRootAs(buf, 0).Subgraphs(0)
+        vectors = [graph.Tensors(i).Quantization().ZeroPointAsNumpy() for i in range(graph.TensorsLength())
+                   if graph.Tensors(i).Quantization() is not None]
+        return [(v.__array_interface__["data"][0], v.size) for v in vectors if not isinstance(v, int) and v.size > 1]
+
+    rewritten = dump(load(bilinear_int8))
+    before, after = zero_points(bilinear_int8), zero_points(rewritten)
+    assert len(before) >= 2 and len(set(before)) == len(before)  # the converter: one vector per tensor
+    assert len(after) == len(before) and len(set(after)) == len({n for _, n in before})  # one per length
+    assert len(rewritten) < len(bilinear_int8)
+    for old, new in zip(load(bilinear_int8).subgraphs[0].tensors, load(rewritten).subgraphs[0].tensors):
+        if old.quantization is not None and old.quantization.scale is not None:
+            np.testing.assert_array_equal(old.quantization.scale, new.quantization.scale)
+            np.testing.assert_array_equal(old.quantization.zeroPoint, new.quantization.zeroPoint)
+    x = np.random.default_rng(1).integers(0, 255, (1, SIZE, SIZE, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(run_once(load_interpreter(model_content=rewritten), x),
+                                  run_once(load_interpreter(model_content=bilinear_int8), x))
+
+
 TINY_CFG = {
     "model": {"name": "unet", "base_filters": 4, "depth": 2},
     "data": {"format": "synthetic", "image_size": [SIZE, SIZE], "num_classes": 3,
