@@ -12,6 +12,7 @@ edgetpu. Numbers go to ``<out>/export_benchmark.json`` and a markdown table on s
 
 Usage:
     .venv/bin/python benchmarks/export.py [--minutes 3] [--size 256] [--steps 150] [--models unet,deeplabv3plus]
+    .venv/bin/python benchmarks/export.py --trained runs/export-bench --stages float32,qat   # re-export only
     .venv/bin/python benchmarks/export.py --matrix          # the deployability matrix table (tests' small configs)
 
 The membrane data is expected in ``../shared/data/isbi2012-membrane``; without it the benchmark says so and exits 0.
@@ -58,14 +59,21 @@ def train_model(name, args, out):
     return path, os.path.join(result["run_dir"], "best.keras"), time.perf_counter() - start
 
 
+STAGES = {"float32": dict(mode="float32"), "int8": dict(mode="int8"), "qat": dict(mode="int8", qat=True),
+          "pruned75": dict(mode="int8", prune=0.75), "edgetpu": dict(mode="edgetpu")}
+
+
 def benchmark_model(name, args, out):
     from export.api import export_model
 
-    config, model, train_s = train_model(name, args, out)
+    if args.trained:  # the models of an earlier run of this benchmark: export only
+        config, model, train_s = (os.path.join(args.trained, f"{name}.yaml"),
+                                  os.path.join(args.trained, name, "best.keras"), None)
+    else:
+        config, model, train_s = train_model(name, args, out)
     row = {"train_seconds": train_s}
-    runs = {"float32": dict(mode="float32"), "int8": dict(mode="int8"), "qat": dict(mode="int8", qat=True),
-            "pruned75": dict(mode="int8", prune=0.75), "edgetpu": dict(mode="edgetpu")}
-    for key, kw in runs.items():
+    for key in args.stages.split(","):
+        kw = dict(STAGES[key])
         start = time.perf_counter()
         mode = kw.pop("mode")
         r = export_model(model, mode, config_path=config, out_path=os.path.join(out, f"{name}_{key}.tflite"),
@@ -86,19 +94,25 @@ def benchmark_model(name, args, out):
 
 
 def targets(row):
-    f32, int8, qat, pruned = row["float32"], row["int8"], row["qat"], row["pruned75"]
-    keras_miou = f32["keras_miou"]
-    return {
-        "int8 size <= 0.27x float32": (int8["size_bytes"] / f32["size_bytes"], 0.27),
-        "int8 latency (2 threads) <= 0.3x float32": (int8["latency_ms"]["2"] / f32["latency_ms"]["2"]
-                                                     if "2" in int8["latency_ms"] else
-                                                     int8["latency_ms"][2] / f32["latency_ms"][2], 0.3),
-        "PTQ int8 mIoU drop <= 1.0 point": (100 * (keras_miou - int8["miou"]), 1.0),
-        "QAT int8 mIoU drop <= 0.3 point": (100 * (keras_miou - qat["miou"]), 0.3),
-        "75% sparsity mIoU drop <= 1 point": (100 * (keras_miou - pruned["miou"]), 1.0),
-        "75% sparse int8 gzip <= 0.1x float32": (pruned["gzip_bytes"] / f32["size_bytes"], 0.1),
-        "EdgeTPU ops mapped = 100%": (100 * row["edgetpu"]["edgetpu_mapped"], 100.0),
+    """target -> (measured, bound), for the targets whose stages are in ``row`` (``--stages``)."""
+    keras_miou = next(stage["keras_miou"] for key, stage in row.items() if key in STAGES)
+
+    def latency_ratio(int8, f32):  # 2 threads; keys are ints, or strings after a JSON round trip
+        return (int8["latency_ms"].get(2) or int8["latency_ms"]["2"]) / (f32["latency_ms"].get(2)
+                                                                         or f32["latency_ms"]["2"])
+
+    table = {
+        "int8 size <= 0.27x float32": (("int8", "float32"), lambda i, f: i["size_bytes"] / f["size_bytes"], 0.27),
+        "int8 latency (2 threads) <= 0.3x float32": (("int8", "float32"), latency_ratio, 0.3),
+        "PTQ int8 mIoU drop <= 1.0 point": (("int8",), lambda i: 100 * (keras_miou - i["miou"]), 1.0),
+        "QAT int8 mIoU drop <= 0.3 point": (("qat",), lambda q: 100 * (keras_miou - q["miou"]), 0.3),
+        "75% sparsity mIoU drop <= 1 point": (("pruned75",), lambda p: 100 * (keras_miou - p["miou"]), 1.0),
+        "75% sparse int8 gzip <= 0.1x float32": (("pruned75", "float32"),
+                                                 lambda p, f: p["gzip_bytes"] / f["size_bytes"], 0.1),
+        "EdgeTPU ops mapped = 100%": (("edgetpu",), lambda e: 100 * e["edgetpu_mapped"], 100.0),
     }
+    return {key: (value(*(row[s] for s in stages)), bound) for key, (stages, value, bound) in table.items()
+            if all(s in row for s in stages)}
 
 
 def matrix():
@@ -132,9 +146,15 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=150, help="fine-tuning steps of QAT and pruning")
     p.add_argument("--calibration", type=int, default=20, help="int8 calibration images")
     p.add_argument("--models", default="unet,deeplabv3plus")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"exports to run, of {','.join(STAGES)}")
+    p.add_argument("--trained", default=None,
+                   help="export the models an earlier run left in this folder (its --out) instead of training")
     p.add_argument("--out", default=os.path.join("runs", "export-bench"))
     p.add_argument("--matrix", action="store_true", help="print the deployability matrix instead")
     args = p.parse_args(argv)
+    unknown = set(args.stages.split(",")) - set(STAGES)
+    if unknown:
+        p.error(f"--stages: unknown {sorted(unknown)}; choose from {','.join(STAGES)}")
     if args.matrix:
         print(matrix())
         return 0

@@ -285,12 +285,27 @@ def cluster_model(model, k, preserve_sparsity, fit):
     return clustering.strip_clustering(wrapped)
 
 
+def freeze_batch_norm(model):
+    """Fine-tune with the trained model's batch-norm statistics, not those of each small batch.
+
+    Jacob et al. (arXiv 1712.05877, section 3.2) freeze batch-norm statistics for the end of quantization-aware
+    training; here the model comes trained, so they stay frozen throughout. Batches of 4 give noisy statistics that
+    the moving averages would absorb (measured on the membrane U-Net: QAT int8 val mIoU 0.762 against 0.772 before
+    fine-tuning, docs/export.md). A non-trainable tf_keras BatchNormalization runs in inference mode, also inside
+    the pruning, clustering and quantization wrappers, which keep the flag when they clone the layer.
+    """
+    for layer in model.submodules:
+        if isinstance(layer, tf_keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
 def main(job_path):
     with open(job_path) as f:
         job = json.load(f)
     tf_keras.utils.set_random_seed(0)
     model = inference_model(build_twin(job["model"], **job["builder_kwargs"]))
     model.load_weights(job["weights"])
+    freeze_batch_norm(model)
     data = np.load(job["data"])
     x, y = data["x"].astype(np.float32), data["y"].astype(np.int32)
     num_classes = int(model.outputs[0].shape[-1])

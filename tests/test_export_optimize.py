@@ -36,6 +36,12 @@ def test_prune_then_cluster_reach_sparsity_and_cluster_count_per_layer(trained):
     assert optimized is not model and type(optimized).__module__.startswith("keras")
     kernel = optimized.get_layer("unet_bottleneck_conv2").kernel.numpy()
     assert abs(np.mean(kernel == 0) - 0.75) <= 0.01 and np.unique(kernel).size <= 8
+    # fine-tuning keeps the trained batch-norm statistics (and affine terms): batches of 4 would only add noise
+    batch_norms = [layer.name for layer in model.layers if type(layer).__name__ == "BatchNormalization"]
+    assert batch_norms
+    for name in batch_norms:
+        for before, after in zip(model.get_layer(name).get_weights(), optimized.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(before, after)
     # sparse, shared weights compress: the gzip size falls well below the dense model's
     assert result["gzip_ratio"] < 0.6, result["gzip_ratio"]
 
