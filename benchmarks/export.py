@@ -128,7 +128,7 @@ def matrix():
              "|---|---|---|---|---|---|---|"]
     for name in kseg.list_models(task="semantic"):
         model = kseg.create_model(name, **SMALL_CONFIGS[name])
-        randomize_batchnorm(model)  # as tests/test_export_matrix.py: default statistics give near-constant logits
+        randomize_batchnorm(model)  # as tests/test_export_matrix.py
         row = deployability(model)
         fmt = lambda k, f: "fails" if row.get(k) is None else f.format(row[k])  # noqa: E731
         failure = row.get("int8_failure") or row.get("float32_failure")

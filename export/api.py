@@ -166,7 +166,7 @@ def export_model(model_path, mode="int8", config_path=None, out_path=None, num_c
         model_name = cfg["model"]["name"]
         builder_kwargs = {k: v for k, v in cfg["model"].items() if k not in ("name", "aux_weight")}
         opt = optimize(model, model_name, builder_kwargs, data_cfg, prune=prune, cluster=cluster, qat=qat,
-                       steps=fine_tune_steps, calibration=calib, mode=mode, io_dtype=io_dtype,
+                       steps=fine_tune_steps, loss=cfg["loss"], calibration=calib, mode=mode, io_dtype=io_dtype,
                        work_dir=os.path.dirname(os.path.abspath(out_path)), verbose=verbose)
         data, stages["optimized"] = opt["tflite"], opt
         keras_reference = opt.get("keras_model", model)

@@ -98,7 +98,8 @@ def fine_tune_pool(data_cfg, size, seed=0):
 
 
 def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=None, qat=False, steps=100,
-             batch_size=4, lr=2e-4, calibration=None, mode="int8", io_dtype="uint8", work_dir=None, verbose=True):
+             batch_size=4, lr=2e-4, loss="ce", calibration=None, mode="int8", io_dtype="uint8", work_dir=None,
+             verbose=True):
     """Prune / cluster / QAT ``model`` on its tf_keras twin in a worker process; come back as TFLite.
 
     Args:
@@ -109,6 +110,9 @@ def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=No
         cluster: clusters per kernel (``None``: no clustering).
         qat: quantization-aware training; the worker converts the QAT model to full int8.
         steps, batch_size, lr: fine-tuning (Adam) for each of pruning, clustering and QAT.
+        loss: the fine-tuning loss, a ``kseg.losses.build_loss`` spec: the config's, so that fine-tuning keeps
+            the objective the model was trained for (cross-entropy alone moves a CE + Dice model's membrane
+            boundaries, docs/export.md).
         calibration: representative images for the int8 conversion.
         mode, io_dtype: the conversion (``export.convert.to_tflite``) of a pruned / clustered model.
         work_dir: where the worker's temporary folder goes.
@@ -142,7 +146,7 @@ def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=No
         np.savez(os.path.join(tmp, "data.npz"), x=x, y=y)
         job = {"model": model_name, "builder_kwargs": kwargs, "weights": os.path.join(tmp, "twin.h5"),
                "data": os.path.join(tmp, "data.npz"), "prune": prune, "cluster": cluster, "qat": bool(qat),
-               "steps": int(steps), "batch_size": int(batch_size), "lr": float(lr), "io_dtype": io_dtype,
+               "steps": int(steps), "batch_size": int(batch_size), "lr": float(lr), "loss": loss, "io_dtype": io_dtype,
                "out": tmp}
         if qat:
             np.save(os.path.join(tmp, "calibration.npy"), np.stack(calibration).astype(np.float32))
