@@ -14,6 +14,7 @@ Usage:
     .venv/bin/python benchmarks/export.py [--minutes 3] [--size 256] [--steps 150] [--models unet,deeplabv3plus]
     .venv/bin/python benchmarks/export.py --trained runs/export-bench --stages float32,qat   # re-export only
     .venv/bin/python benchmarks/export.py --matrix          # the deployability matrix table (tests' small configs)
+    .venv/bin/python benchmarks/export.py --latency OUT/unet_float32.tflite OUT/unet_int8.tflite
 
 The membrane data is expected in ``../shared/data/isbi2012-membrane``; without it the benchmark says so and exits 0.
 """
@@ -115,6 +116,24 @@ def targets(row):
             if all(s in row for s in stages)}
 
 
+def paired_latency(reference, other, rounds=5):
+    """Median invoke latency of two .tflite files measured in alternation (1 and 2 threads), and other / reference:
+    on a shared machine the load changes between export stages minutes apart, not between neighbouring rounds."""
+    from export.report import latency_ms
+
+    blobs = [open(path, "rb").read() for path in (reference, other)]
+    lines = [f"| threads | {os.path.basename(reference)} ms | {os.path.basename(other)} ms | ratio |",
+             "|---|---|---|---|"]
+    for threads in (1, 2):
+        times = [[], []]
+        for _ in range(rounds):
+            for i, blob in enumerate(blobs):
+                times[i].append(latency_ms(blob, threads))
+        a, b = (float(sorted(t)[len(t) // 2]) for t in times)
+        lines.append(f"| {threads} | {a:.1f} | {b:.1f} | {b / a:.2f} |")
+    return "\n".join(lines)
+
+
 def matrix():
     """The deployability matrix over the registry (small configs of tests/test_models.py) as a markdown table."""
     sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -151,10 +170,15 @@ def main(argv=None):
                    help="export the models an earlier run left in this folder (its --out) instead of training")
     p.add_argument("--out", default=os.path.join("runs", "export-bench"))
     p.add_argument("--matrix", action="store_true", help="print the deployability matrix instead")
+    p.add_argument("--latency", nargs=2, metavar=("REFERENCE", "OTHER"),
+                   help="only time two .tflite files in alternation, e.g. a float32 and an int8 export")
     args = p.parse_args(argv)
     unknown = set(args.stages.split(",")) - set(STAGES)
     if unknown:
         p.error(f"--stages: unknown {sorted(unknown)}; choose from {','.join(STAGES)}")
+    if args.latency:
+        print(paired_latency(*args.latency))
+        return 0
     if args.matrix:
         print(matrix())
         return 0
