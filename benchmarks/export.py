@@ -134,21 +134,18 @@ def paired_latency(reference, other, rounds=5):
     return "\n".join(lines)
 
 
-def matrix():
-    """The deployability matrix over the registry (small configs of tests/test_models.py) as a markdown table."""
+def matrix(names=None):
+    """The deployability matrix over the registry, or over ``names`` (small configs of tests/test_models.py), as a
+    markdown table."""
     sys.path.insert(0, os.path.join(REPO, "tests"))
     import kseg
-    from export.matrix import deployability
-    from model_case import randomize_batchnorm
-    from test_models import SMALL_CONFIGS
+    from test_export_matrix import matrix_row
 
     lines = ["| model | float32 max err (rel.) | int8 mean err (of logit range) | int8 argmax agreement | "
              "EdgeTPU ops mapped | supported | first op on the CPU, or why int8 fails |",
              "|---|---|---|---|---|---|---|"]
-    for name in kseg.list_models(task="semantic"):
-        model = kseg.create_model(name, **SMALL_CONFIGS[name])
-        randomize_batchnorm(model)  # as tests/test_export_matrix.py
-        row = deployability(model)
+    for name in names or kseg.list_models(task="semantic"):
+        row = matrix_row(name, float32=True)
         fmt = lambda k, f: "fails" if row.get(k) is None else f.format(row[k])  # noqa: E731
         failure = row.get("int8_failure") or row.get("float32_failure")
         lines.append(f"| {name} | {fmt('float32_error', '{:.1e}')} | {fmt('int8_error', '{:.3f}')} | "
@@ -164,7 +161,7 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=256, help="input size (square)")
     p.add_argument("--steps", type=int, default=150, help="fine-tuning steps of QAT and pruning")
     p.add_argument("--calibration", type=int, default=20, help="int8 calibration images")
-    p.add_argument("--models", default="unet,deeplabv3plus")
+    p.add_argument("--models", default=None, help="default unet,deeplabv3plus; with --matrix: its rows (default all)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"exports to run, of {','.join(STAGES)}")
     p.add_argument("--trained", default=None,
                    help="export the models an earlier run left in this folder (its --out) instead of training")
@@ -173,6 +170,8 @@ def main(argv=None):
     p.add_argument("--latency", nargs=2, metavar=("REFERENCE", "OTHER"),
                    help="only time two .tflite files in alternation, e.g. a float32 and an int8 export")
     args = p.parse_args(argv)
+    if args.models is None and not args.matrix:
+        args.models = "unet,deeplabv3plus"
     unknown = set(args.stages.split(",")) - set(STAGES)
     if unknown:
         p.error(f"--stages: unknown {sorted(unknown)}; choose from {','.join(STAGES)}")
@@ -180,7 +179,7 @@ def main(argv=None):
         print(paired_latency(*args.latency))
         return 0
     if args.matrix:
-        print(matrix())
+        print(matrix(args.models.split(",") if args.models else None))
         return 0
     data = os.path.join(REPO, "..", "shared", "data", "isbi2012-membrane", "train", "image")
     if not os.path.isdir(data):

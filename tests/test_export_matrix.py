@@ -3,10 +3,13 @@ conversion and its error against Keras, and the EdgeTPU op share after the EdgeT
 later appears here automatically (parametrized over ``kseg.list_models()``); docs/export.md has the table
 (``benchmarks/export.py --matrix``)."""
 
+import inspect
+
 import pytest
 
 import kseg
 from export.matrix import deployability
+from kseg.models.registry import get_builder
 from model_case import randomize_batchnorm
 from test_models import SMALL_CONFIGS
 
@@ -18,14 +21,20 @@ EDGE_READY = ("unet", "deeplabv3plus", "segnet")
 MAX_INT8_ERROR = 0.03
 
 
-def _row(name):
-    model = kseg.create_model(name, **SMALL_CONFIGS[name])
+def matrix_row(name, float32=False):
+    """``export.matrix.deployability`` of a registered model at its small test size, BN randomized; recurrent models
+    unrolled, the route to int8 (their WHILE loops crash the int8 converter with SIGSEGV, docs/rnn.md).
+    ``benchmarks/export.py --matrix`` builds its table from the same rows."""
+    kwargs = dict(SMALL_CONFIGS[name])
+    if "unroll" in inspect.signature(get_builder(name)).parameters:
+        kwargs["unroll"] = True
+    model = kseg.create_model(name, **kwargs)
     randomize_batchnorm(model)
-    return deployability(model, float32=False)
+    return deployability(model, float32=float32)
 
 
 def test_unet_is_int8_and_edgetpu_ready():
-    row = _row("unet")
+    row = matrix_row("unet")
     assert row["int8_error"] <= 0.01 and row["int8_agreement"] >= 0.97, row
     assert row["edgetpu_mapped"] == 1.0 and row["split_op"] is None, row
 
@@ -33,7 +42,7 @@ def test_unet_is_int8_and_edgetpu_ready():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", kseg.list_models(task="semantic"))
 def test_deployability_matrix(name):
-    row = _row(name)
+    row = matrix_row(name)
     print(name, row)
     if name in EDGE_READY:
         assert "int8_failure" not in row and row["int8_error"] <= MAX_INT8_ERROR, row
