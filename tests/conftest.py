@@ -8,6 +8,8 @@ import pathlib
 
 import pytest
 
+import kseg  # noqa: F401  (its environment defaults, oneDNN on, before any test module loads TensorFlow)
+
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 MEMBRANE = SHARED / "data" / "isbi2012-membrane"
 

@@ -231,11 +231,30 @@ def parse_result(proc):
     return json.loads(line[len("RESULT "):])
 
 
+def two_replica_data(data):
+    """``data`` with 6 validation samples: 2 CPU replicas cannot split 5 without an empty one (see
+    test_validation_batch_leaves_no_replica_empty)."""
+    return {**data, "splits": {"train": "0-17", "val": "18-23"}}
+
+
+def test_validation_batch_leaves_no_replica_empty(monkeypatch):
+    from kseg.train.trainer import _validation_batch
+
+    assert _validation_batch(6, 2, 2) == 4  # batches 4 + 2: each replica gets 2, then 1
+    assert _validation_batch(9, 4, 2) == 6  # 8 + 1 would leave a replica empty; 6 + 3 does not
+    assert _validation_batch(8, 4, 2) == 8
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    with pytest.raises(ConfigError, match="5 validation samples cannot be split over 2 CPU replicas"):
+        _validation_batch(5, 2, 2)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # without oneDNN an empty replica batch is fine
+    assert _validation_batch(5, 2, 2) == 4
+
+
 @pytest.fixture(scope="module")
 def mirrored_run(tmp_path_factory, shapes):
     """One epoch under MirroredStrategy over two logical CPUs, in a fresh process."""
     folder = tmp_path_factory.mktemp("mirrored")
-    path, cfg = make_config(folder, shapes, batch_size=2, epochs=1)
+    path, cfg = make_config(folder, two_replica_data(shapes), batch_size=2, epochs=1)
     proc = subprocess.run([sys.executable, "-c", STRATEGY_RUN, str(path), "train.strategy.name=mirrored",
                            "train.strategy.devices=[/cpu:0, /cpu:1]"], cwd=REPO, capture_output=True, text=True,
                           timeout=240)
@@ -274,7 +293,7 @@ def free_ports(n):
 # default run
 @pytest.mark.slow
 def test_multi_worker_with_two_local_processes(tmp_path, shapes):
-    path, cfg = make_config(tmp_path, shapes, batch_size=2, epochs=1)
+    path, cfg = make_config(tmp_path, two_replica_data(shapes), batch_size=2, epochs=1)
     workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
     procs = []
     for index in range(2):

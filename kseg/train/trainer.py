@@ -87,12 +87,14 @@ def _is_instance(cfg):
     return model_task(cfg["model"]["name"]) == "instance"
 
 
-def _datasets(cfg, global_batch, seed):
+def _datasets(cfg, batch_size, replicas, seed):
     """``(steps per epoch, training dataset, validation dataset)``: images and label maps, or for an instance model
-    the Mask R-CNN training batches of ``kseg.instance.data``."""
+    the Mask R-CNN training batches of ``kseg.instance.data``. ``batch_size`` is per replica."""
     from kseg.data import build_dataset, num_samples
 
     t = cfg["train"]
+    global_batch = batch_size * replicas
+    val_batch = global_batch
     if _is_instance(cfg):
         from kseg.instance.data import build_instance_dataset, list_instance_samples
 
@@ -101,10 +103,27 @@ def _datasets(cfg, global_batch, seed):
     else:
         count = num_samples(cfg["data"], "train")
         build = build_dataset
+        if replicas > 1:
+            val_batch = _validation_batch(num_samples(cfg["data"], "val"), batch_size, replicas)
     steps_per_epoch = t["steps_per_epoch"] or math.ceil(count / global_batch)
     train_ds = build(cfg["data"], "train", global_batch, augment=True, shuffle=True, repeat=True, seed=seed)
-    val_ds = build(cfg["data"], "val", global_batch, augment=False, shuffle=False, seed=seed)
+    val_ds = build(cfg["data"], "val", val_batch, augment=False, shuffle=False, seed=seed)
     return steps_per_epoch, train_ds, val_ds
+
+
+def _validation_batch(count, batch_size, replicas):
+    """The largest validation batch (``replicas`` x at most ``batch_size``) whose last, short batch still gives
+    every replica a sample: on an empty replica batch TensorFlow's oneDNN convolution returns a wrongly shaped
+    result (oneDNN is on in kseg, see kseg/__init__.py). The batch size changes nothing else in validation."""
+    for per_replica in range(batch_size, 0, -1):
+        rest = count % (per_replica * replicas)
+        if rest == 0 or rest >= replicas:
+            return per_replica * replicas
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1" and not tf.config.list_logical_devices("GPU"):
+        raise ConfigError(f"the {count} validation samples cannot be split over {replicas} CPU replicas without "
+                          f"leaving one empty, on which TensorFlow's oneDNN kernels fail: use a multiple of "
+                          f"{replicas} validation samples, or run with TF_ENABLE_ONEDNN_OPTS=0")
+    return batch_size * replicas
 
 
 def _mask_ap_score(val_ds, num_classes):
@@ -194,7 +213,7 @@ def train(cfg, verbose=1, callbacks=()):
     global_batch = t["batch_size"] * replicas
     instance = _is_instance(cfg)
     with data_errors():
-        steps_per_epoch, train_ds, val_ds = _datasets(cfg, global_batch, t["seed"])
+        steps_per_epoch, train_ds, val_ds = _datasets(cfg, t["batch_size"], replicas, t["seed"])
     # Training batches are split among the workers; every worker scores the whole validation set, so that all
     # of them run the same number of steps (the summed confusion counts give the same mIoU).
     train_ds = _shard(train_ds, tf.data.experimental.AutoShardPolicy.DATA)
