@@ -29,20 +29,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def run_case(name, steps):
     import collections
-    import inspect
 
     sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
     import numpy as np
 
+    from export.matrix import int8_build_kwargs
     from export.optimize_worker import convert_qat, flatten_nested, int8_agreement, quantize_model, tf_keras
-    from kseg.models.registry import get_builder, inference_model
+    from kseg.models.registry import inference_model
     from kseg.models.twin import build_twin
     from test_models import SMALL_CONFIGS
 
     tf_keras.utils.set_random_seed(0)
-    kwargs = dict(SMALL_CONFIGS[name])
-    if "unroll" in inspect.signature(get_builder(name)).parameters:
-        kwargs["unroll"] = True  # recurrent WHILE loops crash the int8 converter (docs/rnn.md)
+    kwargs = int8_build_kwargs(name, **SMALL_CONFIGS[name])
     timings = {}
     start = time.perf_counter()
     model = inference_model(build_twin(name, **kwargs))

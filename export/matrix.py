@@ -14,7 +14,25 @@ Example:
     1.0
 """
 
+import inspect
+
 import numpy as np
+
+
+def int8_build_kwargs(name, **kwargs):
+    """Builder arguments for registered model ``name`` on the int8 route: a recurrent model unrolled (its WHILE
+    loops crash TensorFlow 2.21's int8 converter with SIGSEGV, docs/rnn.md)."""
+    from kseg.models.registry import get_builder
+
+    if "unroll" in inspect.signature(get_builder(name)).parameters:
+        kwargs["unroll"] = True
+    return kwargs
+
+
+def _failure(e):
+    """One line for the table: the exception type and the first line of its message."""
+    message = str(e).strip()
+    return f"{type(e).__name__}: {message.splitlines()[0][:200]}" if message else type(e).__name__
 
 
 def random_pixels(model, count, seed=0):
@@ -52,14 +70,10 @@ def deployability(model, float32=True, num_images=4):
             row["float32_error"] = max(float(np.max(np.abs(dequantized_output(interp, x[None]) - r)))
                                        / (1.0 + float(np.max(np.abs(r)))) for x, r in zip(images, refs))
         except Exception as e:  # the matrix reports every failure instead of stopping at the first model
-            row["float32_failure"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    try:
-        int8 = to_tflite(model, "int8", representative_data=images)
-    except Exception as e:
-        row["int8_failure"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        return row
+            row["float32_failure"] = _failure(e)
     errors, same, total = [], 0, 0
     try:  # a file can convert and still fail in a kernel (crfasrnn's int8 DIV, docs/export.md)
+        int8 = to_tflite(model, "int8", representative_data=images)
         interp = load_interpreter(model_content=int8)
         for x, r in zip(images, refs):
             y = dequantized_output(interp, x[None])
@@ -67,7 +81,7 @@ def deployability(model, float32=True, num_images=4):
             same += int((np.argmax(y, -1) == np.argmax(r, -1)).sum())
             total += r[..., 0].size
     except Exception as e:
-        row["int8_failure"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        row["int8_failure"] = _failure(e)
         return row
     safe, _ = make_edge_safe(int8)
     analysis = analyse(safe)

@@ -3,13 +3,10 @@ conversion and its error against Keras, and the EdgeTPU op share after the EdgeT
 later appears here automatically (parametrized over ``kseg.list_models()``); docs/export.md has the table
 (``benchmarks/export.py --matrix``)."""
 
-import inspect
-
 import pytest
 
 import kseg
-from export.matrix import deployability
-from kseg.models.registry import get_builder
+from export.matrix import deployability, int8_build_kwargs
 from model_case import randomize_batchnorm
 from test_models import SMALL_CONFIGS
 
@@ -25,10 +22,7 @@ def matrix_row(name, float32=False):
     """``export.matrix.deployability`` of a registered model at its small test size, BN randomized; recurrent models
     unrolled, the route to int8 (their WHILE loops crash the int8 converter with SIGSEGV, docs/rnn.md).
     ``benchmarks/export.py --matrix`` builds its table from the same rows."""
-    kwargs = dict(SMALL_CONFIGS[name])
-    if "unroll" in inspect.signature(get_builder(name)).parameters:
-        kwargs["unroll"] = True
-    model = kseg.create_model(name, **kwargs)
+    model = kseg.create_model(name, **int8_build_kwargs(name, **SMALL_CONFIGS[name]))
     randomize_batchnorm(model)
     return deployability(model, float32=float32)
 
