@@ -63,7 +63,7 @@ import re
 import numpy as np
 
 from kseg.errors import ModelFileError
-from kseg.models.blocks import get_keras
+from kseg.models.blocks import BN_MOMENTUM, get_keras
 
 _CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
 _IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -287,8 +287,11 @@ def build_backbone(name, inputs, weights=None, output_stride=32, keras_module=No
 
     scale, offset = (_extra_channels(v, channels) for v in _PREPROCESS[spec["preprocess"]])
     x = K.layers.Rescaling(scale, offset=offset, name=f"{name}_preprocess")(inputs)
-    layers = _rebuild(application, x, _dilation_overrides(application, spec["stages"], output_stride, multi_grid),
-                      spec.get("replaces", ()))
+    overrides = _dilation_overrides(application, spec["stages"], output_stride, multi_grid)
+    for layer in application.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            overrides.setdefault(layer.name, {})["momentum"] = BN_MOMENTUM
+    layers = _rebuild(application, x, overrides, spec.get("replaces", ()))
     if spec["preprocess"] == "caffe" and weights is not None:
         kernel, *rest = layers[spec["first_conv"]].get_weights()
         kernel[:, :, :3] = kernel[:, :, 2::-1]  # BGR -> RGB; extra channels (their mean) stay

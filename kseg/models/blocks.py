@@ -6,6 +6,12 @@ layers whose constructor arguments mean the same in both frameworks are used her
 TensorFlow ops appear in a graph (they do not exist in tf_keras, and raw ops need QAT configs).
 """
 
+# Every batch norm of a kseg model, the keras.applications backbones' included (they ship 0.99 or 0.999): the
+# moving statistics must keep up with the weights within the few hundred steps of a CPU training budget, or
+# validation, which uses them, lags far behind training (a 10-minute DeepLabV3+ MobileNetV2 at 0.999 predicted
+# one class in inference mode, docs/export.md).
+BN_MOMENTUM = 0.9
+
 
 def get_keras(keras_module=None):
     """The Keras module to build with: ``keras_module`` if given, else Keras 3."""
@@ -41,9 +47,7 @@ def conv_bn_relu(K, x, filters, kernel_size, name, strides=1, dilation_rate=1, b
     x = K.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", dilation_rate=dilation_rate,
                         use_bias=not batch_norm, kernel_initializer="he_normal", name=name)(x)
     if batch_norm:
-        # momentum 0.9, not Keras' 0.99: the moving statistics must keep up with the weights in the few hundred
-        # steps of a CPU training budget, or validation (which uses them) lags far behind training
-        x = K.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+        x = K.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return K.layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -55,7 +59,7 @@ def separable_conv_bn_relu(K, x, filters, kernel_size, name, dilation_rate=1):
     """
     x = K.layers.DepthwiseConv2D(kernel_size, padding="same", dilation_rate=dilation_rate, use_bias=False,
                                  name=f"{name}_depthwise")(x)
-    x = K.layers.BatchNormalization(momentum=0.9, name=f"{name}_depthwise_bn")(x)
+    x = K.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_depthwise_bn")(x)
     x = K.layers.ReLU(name=f"{name}_depthwise_relu")(x)
     return conv_bn_relu(K, x, filters, 1, name)
 

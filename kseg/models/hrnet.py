@@ -2,7 +2,7 @@
 Representation Learning for Visual Recognition", TPAMI 2020, arXiv 1908.07919; the backbone from Sun, Xiao, Liu and
 Wang, "Deep High-Resolution Representation Learning for Human Pose Estimation", CVPR 2019, arXiv 1902.09212."""
 
-from kseg.models.blocks import (check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_bilinear,
+from kseg.models.blocks import (BN_MOMENTUM, check_input_shape, conv_bn_relu, get_keras, logits_head, upsample_bilinear,
                                 upsample_logits)
 from kseg.models.registry import register_model
 
@@ -127,8 +127,7 @@ def _conv_bn(K, x, filters, kernel_size, name, strides=1):
     """Conv2D -> BatchNormalization without activation (before a residual add or a fusion sum)."""
     x = K.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
                         kernel_initializer="he_normal", name=name)(x)
-    # momentum 0.9 like blocks.conv_bn_relu, so every BN of the model tracks its statistics at the same rate
-    return K.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return K.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
 
 
 def _residual_out(K, x, shortcut, prefix):

@@ -254,14 +254,10 @@ class MaskRCNN(keras.Model):
         pyramid = feature_pyramid(keras, features, self.fpn_filters, f"{p}_fpn")
         p6 = keras.layers.MaxPooling2D(1, strides=2, name=f"{p}_fpn_p6")(pyramid["P5"])
         network = keras.Model(image, [pyramid[f"P{k}"] for k in (2, 3, 4, 5)] + [p6], name=f"{p}_features")
-        for layer in network.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                if self.backbone_batchnorm == "frozen":
+        if self.backbone_batchnorm == "frozen":
+            for layer in network.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
                     layer.trainable = False  # Keras 3: a non-trainable BN always normalises with its moving stats
-                else:
-                    # the applications' 0.99 / 0.999 would leave inference-mode statistics at their initial values
-                    # through a few hundred steps of small-batch training (kseg's blocks use 0.9 likewise)
-                    layer.momentum = 0.9
         return network
 
     def _rpn_network(self):

@@ -9,7 +9,7 @@ MaxPoolWithArgmax (it needs Flex or a custom op) and Keras' nearest ``UpSampling
 import os
 
 from kseg.errors import ModelFileError
-from kseg.models.blocks import check_input_shape, conv_bn_relu, get_keras, logits_head
+from kseg.models.blocks import BN_MOMENTUM, check_input_shape, conv_bn_relu, get_keras, logits_head
 from kseg.models.registry import register_model
 
 # VGG16's blocks: convs per block and width multiplier of the first block's filters.
@@ -193,7 +193,7 @@ def _encoder_conv(K, x, filters, name):
     """``conv_bn_relu`` with the conv's bias kept: redundant before BN, but the layer is then VGG16's own
     (kernel and bias), so pretrained weights load as they are and the untrained BN leaves their output as is."""
     x = K.layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal", name=name)(x)
-    x = K.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)  # 0.9: see blocks.conv_bn_relu
+    x = K.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return K.layers.ReLU(name=f"{name}_relu")(x)
 
 

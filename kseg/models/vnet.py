@@ -1,7 +1,7 @@
 """V-Net: Milletari, Navab and Ahmadi, "V-Net: Fully Convolutional Neural Networks for Volumetric Medical Image
 Segmentation", 3DV 2016, arXiv 1606.04797."""
 
-from kseg.models.blocks import get_keras
+from kseg.models.blocks import BN_MOMENTUM, get_keras
 from kseg.models.registry import register_model
 
 
@@ -117,8 +117,7 @@ def _conv_prelu(K, x, filters, kernel_size, batch_norm, name, strides=1, transpo
     x = conv(filters, kernel_size, strides=strides, padding="same", use_bias=not batch_norm,
              kernel_initializer="he_normal", name=name)(x)
     if batch_norm:
-        # momentum 0.9 as in kseg.models.blocks: the statistics keep up in short trainings
-        x = K.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+        x = K.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return _prelu(K, x, f"{name}_prelu") if activate else x
 
 
