@@ -24,6 +24,7 @@ import time
 import cv2
 import numpy as np
 
+from edge.interpreter import limit_malloc_arenas
 from edge.pipeline import Pipeline, latency_ms
 from edge.runtime import open_model
 from edge.sources import CaptureSource, Channel, open_source, start_stage
@@ -48,6 +49,7 @@ def main(argv=None):
         handler.setFormatter(logging.Formatter("kseg-edge: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+    limit_malloc_arenas()
     try:
         return args.func(args)
     except KsegError as e:

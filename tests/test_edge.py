@@ -417,3 +417,24 @@ def test_interpreter_leaves_the_model_file_to_the_page_cache_and_still_runs(tmp_
     x = np.random.default_rng(0).uniform(0, 255, (1, 16, 16, 3)).astype(np.float32)
     reference = run_once(load_interpreter(model_content=path.read_bytes(), num_threads=1), x)
     np.testing.assert_array_equal(run_once(interp, x), reference)
+
+
+@pytest.mark.parametrize("environ, calls", [({}, [(-8, 1)]), ({"MALLOC_ARENA_MAX": "4"}, [])])
+def test_malloc_arenas_are_capped_unless_the_user_set_them(monkeypatch, environ, calls):
+    """``kseg-edge`` caps glibc's arenas at one before its threads start (M_ARENA_MAX is mallopt's -8); a user's
+    ``MALLOC_ARENA_MAX`` is left to glibc."""
+    from edge import interpreter
+
+    made = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            made.append((param, value))
+            return 1
+
+    monkeypatch.setattr(interpreter, "_glibc", FakeLibc)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    interpreter.limit_malloc_arenas()
+    assert made == calls
