@@ -66,8 +66,9 @@ def limit_malloc_arenas(arenas=1):
 
     By default glibc gives each thread that allocates its own arena, so frame-sized buffers freed by one stage
     and allocated by another leave pages resident in several arenas. One arena: peak RSS of ``kseg-edge run`` on
-    the zoo's int8 DeepLabV3+ 101-102 -> 99 MB (docs/edge.md), with no measurable cost in FPS, unlike a low mmap
-    threshold. The environment variable ``MALLOC_ARENA_MAX``, when set, wins. A no-op outside glibc.
+    the zoo's int8 DeepLabV3+ 101-102 -> 99 MB (docs/edge.md); its pipeline FPS stayed within the run-to-run
+    noise, unlike with a low mmap threshold. The environment variable ``MALLOC_ARENA_MAX``, when set, wins. A
+    no-op outside glibc.
     """
     libc = _glibc()
     if libc is not None and "MALLOC_ARENA_MAX" not in os.environ:
