@@ -141,6 +141,8 @@ def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=No
     twin = inference_model(build_twin(model_name, **kwargs))
     transfer_weights(model, twin)
     x, y = fine_tune_pool(data_cfg, max(16, min(256, steps * batch_size // 2)))
+    if work_dir is not None:  # the export's output folder, which may not exist yet
+        os.makedirs(work_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work_dir, prefix=".kseg-optimize-") as tmp:
         twin.save_weights(os.path.join(tmp, "twin.h5"))
         np.savez(os.path.join(tmp, "data.npz"), x=x, y=y)

@@ -21,7 +21,9 @@ def _optimize(trained, **kw):  # noqa: F811
     cfg = load_config(path)
     model = load_model(root / "best.keras")
     kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
-    return model, optimize(model, "unet", kwargs, cfg["data"], work_dir=str(root), verbose=False, **kw)
+    # a work folder that does not exist yet, as when `kseg export --out` names a new folder
+    return model, optimize(model, "unet", kwargs, cfg["data"], work_dir=str(root / "new" / "folder"), verbose=False,
+                           **kw)
 
 
 def test_prune_then_cluster_reach_sparsity_and_cluster_count_per_layer(trained):  # noqa: F811
