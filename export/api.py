@@ -171,7 +171,12 @@ def export_model(model_path, mode="int8", config_path=None, out_path=None, num_c
         data, stages["optimized"] = opt["tflite"], opt
         keras_reference = opt.get("keras_model", model)
     else:
-        data = to_tflite(model, "int8" if quantized else mode, representative_data=calib, io_dtype=io_dtype)
+        converted = model
+        if mode == "edgetpu":
+            from export.edgetpu import exact_upsampling
+
+            converted = exact_upsampling(model)
+        data = to_tflite(converted, "int8" if quantized else mode, representative_data=calib, io_dtype=io_dtype)
         keras_reference = model
 
     result = {"path": out_path, "mode": mode}

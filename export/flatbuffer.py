@@ -31,6 +31,8 @@ class Op:
         options: the op's builtin options object (``None`` when it has none).
         inputs, outputs: the ``schema.TensorT`` of its inputs and outputs (``None`` for an omitted optional input).
         constant: per input, whether it is a compile-time constant (a weight, bias or shape).
+        version: the op's version in the file (the converter raises it for features such as half-pixel centres;
+            an older runtime or compiler refuses versions it does not know).
     """
 
     index: int
@@ -39,6 +41,7 @@ class Op:
     inputs: list
     outputs: list
     constant: list
+    version: int = 1
 
 
 def load(flatbuffer, what="model"):
@@ -98,7 +101,8 @@ def ops(model):
         inputs = [graph.tensors[t] if t >= 0 else None for t in (op.inputs if op.inputs is not None else [])]
         outputs = [graph.tensors[t] for t in (op.outputs if op.outputs is not None else [])]
         constant = [t is not None and _has_data(model, t) for t in inputs]
-        result.append(Op(i, op_name(model, op.opcodeIndex), op.builtinOptions, inputs, outputs, constant))
+        result.append(Op(i, op_name(model, op.opcodeIndex), op.builtinOptions, inputs, outputs, constant,
+                         model.operatorCodes[op.opcodeIndex].version))
     return result
 
 

@@ -15,6 +15,7 @@ from edge.interpreter import load_interpreter, run_once
 from edge.runtime import Segmenter, read_metadata
 from export.convert import to_tflite
 from export.edgetpu import analyse, make_edge_safe
+from export.flatbuffer import dump, load, ops
 from export.metadata import embed_metadata
 from kseg.errors import ConfigError, DataError, ModelFileError
 
@@ -61,6 +62,19 @@ def test_analyser_maps_int8_conv_net_after_edge_safe_rewrite(bilinear_int8):
     after = analyse(safe)
     assert after.split_at is None and after.mapped_share == 1.0
     assert "every op maps" in after.text()
+    # the converter marks half-pixel centres with op version 3, which edgetpu_compiler refuses ("Operation version
+    # not supported") whatever the flag says; the rewrite gives the op int8's legacy version, 2
+    assert _resize_versions(bilinear_int8) == [3] and _resize_versions(safe) == [2]
+    flag_only = load(bilinear_int8)
+    for op in ops(flag_only):
+        if op.name == "RESIZE_BILINEAR":
+            op.options.halfPixelCenters = False
+    stale = [v for v in analyse(dump(flag_only)).ops if v.name == "RESIZE_BILINEAR"]
+    assert not stale[0].supported and "op version 3" in stale[0].reason
+
+
+def _resize_versions(flatbuffer):
+    return [op.version for op in ops(load(flatbuffer)) if op.name.startswith("RESIZE")]
 
 
 def test_analyser_rejects_float_tensors_and_ops_the_edgetpu_lacks():
@@ -112,14 +126,41 @@ def test_edge_safe_rewrite_samples_without_half_pixel_offset():
                                atol=1e-3)
 
 
+@pytest.mark.parametrize("factor", [2, 4])
+def test_edgetpu_upsampling_stays_exact_without_half_pixel_centres(factor):
+    """``exact_upsampling`` rebuilds bilinear upsampling from ops whose legacy (EdgeTPU) form samples the same
+    pixels: after ``make_edge_safe`` the file matches Keras to float32 rounding, where the flag alone moves the
+    grid (up to 70 units on 0-255 inputs here); its int8 file maps to the EdgeTPU in full."""
+    import keras
+
+    from export.edgetpu import exact_upsampling
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 12, 3))
+    x = keras.layers.Conv2D(4, 3, strides=factor, padding="same", activation="relu")(inputs)
+    x = keras.layers.UpSampling2D(factor, interpolation="bilinear")(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(x))
+    x = np.random.default_rng(0).uniform(0, 255, (1, 16, 12, 3)).astype(np.float32)
+    reference = np.asarray(model(x))
+
+    def edge_float32(m):
+        return run_once(load_interpreter(model_content=make_edge_safe(to_tflite(m, "float32"))[0]), x)
+
+    exact = exact_upsampling(model)
+    assert np.abs(edge_float32(exact) - reference).max() <= 1e-5 * np.abs(reference).max()
+    assert np.abs(edge_float32(model) - reference).max() >= 0.01 * np.abs(reference).max()
+    calibration = list(np.random.default_rng(1).uniform(0, 255, (8, 16, 12, 3)).astype(np.float32))
+    int8 = analyse(make_edge_safe(to_tflite(exact, "int8", calibration))[0])
+    assert int8.mapped_share == 1.0, int8.text()
+    assert {"RESIZE_NEAREST_NEIGHBOR", "DEPTHWISE_CONV_2D"} <= {v.name for v in int8.ops}
+
+
 def test_metadata_embedded_and_read_without_tensorflow(bilinear_int8, tmp_path):
     meta = {"labels": ["bg", "cell", "edge"], "palette": [[0, 0, 0], [1, 2, 3], [4, 5, 6]],
             "input_size": [SIZE, SIZE], "normalization": "raw", "output_kind": "logits", "mode": "int8"}
     path = tmp_path / "m.tflite"
     data = embed_metadata(bilinear_int8, meta)
     path.write_bytes(embed_metadata(data, meta))  # a second embed replaces the entry, never adds one
-    from export.flatbuffer import load
-
     names = [m.name for m in load(path.read_bytes()).metadata]
     assert names.count(b"kseg") == 1 and b"min_runtime_version" in names
     # the model still runs and gives the same output
@@ -152,8 +193,6 @@ def test_metadata_embedded_and_read_without_tensorflow(bilinear_int8, tmp_path):
 
 def test_rewritten_file_stores_equal_quantization_vectors_once(bilinear_int8):
     from ai_edge_litert import schema_py_generated as schema
-
-    from export.flatbuffer import dump, load
 
     def zero_points(data):
         """(address in ``data``, length) of each per-channel zero-point vector."""
