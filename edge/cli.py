@@ -24,7 +24,7 @@ import time
 import cv2
 import numpy as np
 
-from edge.interpreter import limit_malloc_arenas
+from edge.interpreter import limit_malloc_arenas, release_file_pages
 from edge.pipeline import Pipeline, latency_ms
 from edge.runtime import open_model
 from edge.sources import CaptureSource, Channel, open_source, start_stage
@@ -50,6 +50,7 @@ def main(argv=None):
         log.addHandler(handler)
         log.setLevel(logging.INFO)
     limit_malloc_arenas()
+    release_file_pages()  # what the imports' read-ahead mapped (OpenCV, LiteRT, numpy): see its docstring
     try:
         return args.func(args)
     except KsegError as e:
@@ -256,6 +257,7 @@ def _run(args):
 def _loop(pipe, segmenter, sink, meter, args):
     mode = args.mode
     snapshots = args.out if sink and sink.fourcc is None else "."
+    release_file_pages()  # the libraries' start-up code has run; the frame loop faults back what it uses
     for out in pipe:
         view = render(out.frame.image, out.result, mode, segmenter, args.alpha)
         meter.tick(out)

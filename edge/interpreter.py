@@ -2,6 +2,7 @@
 
 import ctypes
 import os
+import re
 
 from kseg.errors import ModelFileError
 
@@ -34,31 +35,44 @@ def load_interpreter(model_path=None, model_content=None, num_threads=None, edge
     except (ValueError, RuntimeError) as e:
         raise ModelFileError(f"{model_path or '<bytes>'} is not a valid TFLite model: {e}") from None
     if model_path is not None:
-        _release_mapped_pages(model_path)
+        release_file_pages(model_path)
     return interp
 
 
-def _release_mapped_pages(path):
-    """Hands the resident pages of the interpreter's read-only memory map of ``path`` back to the page cache.
+def release_file_pages(path=None):
+    """Hands the resident pages of clean, read-only file mappings back to the page cache.
 
-    Once tensors are allocated, XNNPACK (and the EdgeTPU delegate) hold their own packed copy of the weights and
-    the file's pages are rarely read again; any that are come back from the page cache on first touch. Without
-    this the process holds the model twice (measured: peak RSS of ``kseg-edge run`` on a 5 MB int8 model 105 ->
-    101 MB). Linux only; a no-op elsewhere or when the map cannot be found.
+    With ``path``, only the maps of that file: once tensors are allocated, XNNPACK (and the EdgeTPU delegate) hold
+    their own packed copy of the weights and the model file's pages are rarely read again (peak RSS of
+    ``kseg-edge run`` on a 5 MB int8 model 105 -> 101 MB). Without, every shared library's too: the kernel's
+    read-ahead maps far more library code at import than a frame loop runs (OpenCV: 18 MB resident after
+    ``import cv2`` where the block device reads ahead 8 MB), and it is all counted as the process's memory.
+
+    A page read again comes back from the page cache on first touch, so nothing is lost; maps holding privately
+    modified (copied-on-write) pages, such as relocated library data, and writable maps are left alone, since
+    dropping those would lose data.
+    Linux only; a no-op elsewhere or when ``/proc/self/smaps`` cannot be read.
     """
     libc = _glibc()
     if libc is None:
         return
+    real = os.path.realpath(path) if path is not None else None
     try:
-        real = os.path.realpath(path)
-        with open("/proc/self/maps") as f:
-            ranges = [line.split()[0] for line in f if line.rstrip().endswith(real) and "w" not in line.split()[1]]
+        with open("/proc/self/smaps") as f:
+            smaps = f.read()
     except OSError:
         return
     libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    for span in ranges:
-        start, end = (int(x, 16) for x in span.split("-"))
-        libc.madvise(start, end - start, 4)  # 4: MADV_DONTNEED; read-only file pages, nothing is lost
+    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", smaps):
+        head = block.split("\n", 1)[0].split(maxsplit=5)
+        if len(head) < 6 or "w" in head[1] or not head[5].startswith("/"):
+            continue  # anonymous, writable or special ([vdso], [heap], ...)
+        if real is not None and head[5] != real:
+            continue
+        if re.search(r"^Anonymous:\s+[1-9]", block, re.M):
+            continue  # copied-on-write pages (``Private_Dirty`` also counts file pages not yet written back)
+        start, end = (int(x, 16) for x in head[0].split("-"))
+        libc.madvise(start, end - start, 4)  # 4: MADV_DONTNEED
 
 
 def limit_malloc_arenas(arenas=1):

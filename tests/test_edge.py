@@ -438,3 +438,44 @@ def test_malloc_arenas_are_capped_unless_the_user_set_them(monkeypatch, environ,
         monkeypatch.setenv(key, value)
     interpreter.limit_malloc_arenas()
     assert made == calls
+
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux /proc needed to read resident pages")
+def test_release_file_pages_drops_clean_file_pages_and_keeps_modified_ones(tmp_path):
+    """``release_file_pages()`` (run by ``kseg-edge`` after its imports and before its frame loop) leaves the
+    resident pages of read-only file maps to the page cache, while a read-only map with privately modified pages
+    (as relocated library data is) keeps its data and the libraries keep working. In a fresh process, since it
+    touches every library of the process."""
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(bytes(range(256)) * 4096)  # 1 MB, 256 pages
+    script = textwrap.dedent(f"""
+        import ctypes, mmap, re, sys
+        import cv2, numpy as np
+        sys.path.insert(0, {str(pathlib.Path(__file__).resolve().parents[1])!r})
+        from edge.interpreter import release_file_pages
+
+        def resident_kb(path):
+            maps = re.split(r"\\n(?=[0-9a-f]+-[0-9a-f]+ )", open("/proc/self/smaps").read())
+            return sum(int(re.search(r"^Rss:\\s+(\\d+)", m, re.M).group(1)) for m in maps
+                       if m.split("\\n", 1)[0].endswith(path))
+
+        f = open({str(blob)!r}, "rb")
+        clean = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        modified = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        assert sum(clean[::4096]) + sum(modified[::4096]) == 0  # faults in every page of both
+        modified[:4] = b"kseg"
+        libc = ctypes.CDLL("libc.so.6")
+        address = ctypes.addressof(ctypes.c_char.from_buffer(modified))
+        assert libc.mprotect(ctypes.c_void_p(address), ctypes.c_size_t(len(modified)), mmap.PROT_READ) == 0
+        image = np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3)
+        before = cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA)
+        release_file_pages()
+        assert modified[:5] == b"kseg\\x04", "a privately modified map lost its data"
+        assert np.array_equal(cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA), before)
+        print(resident_kb({str(blob)!r}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # the modified map keeps its 1 MB resident; the clean map gives all of its pages back
+    assert 1024 <= int(out.stdout.split()[-1]) <= 1024 + 64, out.stdout
