@@ -159,7 +159,7 @@ class _FrameModel:
     """What every kseg TFLite model shares: the interpreter, one ``(1, h, w, 3)`` image input, the input
     normalisation and the frame -> input resize (``Segmenter`` and ``InstanceSegmenter`` add their outputs).
 
-    Subclasses provide ``invoke(x) -> raw outputs``, ``_finish(raw, frame_size, box) -> (mask, instances)`` and
+    Subclasses provide ``invoke(x) -> raw outputs``, ``finish(raw, frame_size, box) -> (mask, instances)`` and
     ``draw(frame, result, alpha) -> view``.
     """
 
@@ -194,7 +194,7 @@ class _FrameModel:
         t1 = time.perf_counter()
         raw = self.invoke(x)
         t2 = time.perf_counter()
-        mask, instances = self._finish(raw, frame.shape[:2], box)
+        mask, instances = self.finish(raw, frame.shape[:2], box)
         t3 = time.perf_counter()
         return Result(mask, {"pre": 1e3 * (t1 - t0), "invoke": 1e3 * (t2 - t1), "post": 1e3 * (t3 - t2)},
                       instances)
@@ -307,7 +307,8 @@ class Segmenter(_FrameModel):
             ids = cv2.resize(ids, (fw, fh), interpolation=cv2.INTER_NEAREST)
         return ids
 
-    def _finish(self, scores, frame_size, box):
+    def finish(self, scores, frame_size, box):
+        """``postprocess``, as ``(mask, None)``: the raw-output -> result step of ``segment``."""
         return self.postprocess(scores, frame_size, box), None
 
     def draw(self, frame, result, alpha=0.5):
@@ -403,7 +404,8 @@ class InstanceSegmenter(_FrameModel):
                             self.mask_threshold)
         return {"boxes": boxes, "scores": scores[keep], "classes": classes[keep], "masks": masks}
 
-    def _finish(self, det, frame_size, box):
+    def finish(self, det, frame_size, box):
+        """``postprocess`` -> ``(mask, instances)``: the raw-output -> result step of ``segment``."""
         instances = self.postprocess(det, frame_size, box)
         ids = np.zeros(frame_size, np.uint8 if (self.num_classes or 0) <= 256 else np.int32)
         for i in np.argsort(instances["scores"], kind="stable"):  # the best score ends on top
