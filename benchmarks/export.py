@@ -81,7 +81,8 @@ def benchmark_model(name, args, out):
         start = time.perf_counter()
         mode = kw.pop("mode")
         r = export_model(model, mode, config_path=config, out_path=os.path.join(out, f"{name}_{key}.tflite"),
-                         num_calibration=args.calibration, fine_tune_steps=args.steps, verbose=False, **kw)
+                         num_calibration=args.calibration, fine_tune_steps=args.steps, fine_tune_lr=args.lr,
+                         verbose=False, **kw)
         with open(r["path"], "rb") as f:
             data = f.read()
         stage = r["report"]["stages"][mode]
@@ -164,6 +165,7 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
     p.add_argument("--size", type=int, default=256, help="input size (square)")
     p.add_argument("--steps", type=int, default=150, help="fine-tuning steps of QAT and pruning")
+    p.add_argument("--lr", type=float, default=2e-4, help="fine-tuning learning rate of QAT and pruning")
     p.add_argument("--calibration", type=int, default=20, help="int8 calibration images")
     p.add_argument("--models", default=None, help="default unet,deeplabv3plus; with --matrix: its rows (default all)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"exports to run, of {','.join(STAGES)}")

@@ -98,7 +98,8 @@ def calibration_images(data_cfg, num_images, pool_factor=4):
 
 
 def export_model(model_path, mode="int8", config_path=None, out_path=None, num_calibration=64, io_dtype="uint8",
-                 prune=None, cluster=None, qat=False, fine_tune_steps=100, report=True, verbose=True):
+                 prune=None, cluster=None, qat=False, fine_tune_steps=100, fine_tune_lr=2e-4, report=True,
+                 verbose=True):
     """Optimize, convert, embed metadata, write atomically and verify against Keras.
 
     Args:
@@ -114,6 +115,7 @@ def export_model(model_path, mode="int8", config_path=None, out_path=None, num_c
         cluster: number of weight clusters per kernel.
         qat: quantization-aware fine-tuning before the int8 conversion.
         fine_tune_steps: training steps of the prune / cluster / QAT fine-tuning.
+        fine_tune_lr: Adam learning rate of that fine-tuning.
         report: write the verification report (``<out>.report.txt`` and ``.png``).
 
     Returns:
@@ -130,7 +132,7 @@ def export_model(model_path, mode="int8", config_path=None, out_path=None, num_c
     if optimizing:
         from export.optimize import check_options
 
-        check_options(prune, cluster, qat, mode)
+        check_options(prune, cluster, qat, mode, fine_tune_lr)
     model = load_model(model_path)
     from kseg.evaluate import is_instance_model
 
@@ -166,7 +168,7 @@ def export_model(model_path, mode="int8", config_path=None, out_path=None, num_c
         model_name = cfg["model"]["name"]
         builder_kwargs = {k: v for k, v in cfg["model"].items() if k not in ("name", "aux_weight")}
         opt = optimize(model, model_name, builder_kwargs, data_cfg, prune=prune, cluster=cluster, qat=qat,
-                       steps=fine_tune_steps, loss=cfg["loss"], calibration=calib, mode=mode, io_dtype=io_dtype,
+                       steps=fine_tune_steps, lr=fine_tune_lr, loss=cfg["loss"], calibration=calib, mode=mode, io_dtype=io_dtype,
                        work_dir=os.path.dirname(os.path.abspath(out_path)), verbose=verbose)
         data, stages["optimized"] = opt["tflite"], opt
         keras_reference = opt.get("keras_model", model)

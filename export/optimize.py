@@ -46,9 +46,11 @@ def parse_prune(prune):
     return sparsity
 
 
-def check_options(prune, cluster, qat, mode):
+def check_options(prune, cluster, qat, mode, lr=2e-4):
     """Validate the optimization options before any work is done; raises ``ConfigError``."""
     parse_prune(prune)
+    if not isinstance(lr, (int, float)) or not 0 < lr < 1:
+        raise ConfigError(f"--lr {lr!r}: the fine-tuning learning rate must be a number in (0, 1), e.g. 2e-4")
     if cluster is not None and (not isinstance(cluster, int) or cluster < 2):
         raise ConfigError(f"--cluster {cluster!r}: the number of clusters must be an integer >= 2")
     if qat and mode not in ("int8", "edgetpu"):
@@ -133,7 +135,7 @@ def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=No
     from kseg.models.twin import build_twin, transfer_weights
 
     prune = parse_prune(prune)
-    check_options(prune, cluster, qat, mode)
+    check_options(prune, cluster, qat, mode, lr)
     if qat:
         check_qat_int8(model)
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])

@@ -69,6 +69,7 @@ def _parser():
     p.add_argument("--cluster", type=int, metavar="K", help="weight clustering: K shared values per kernel")
     p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning before int8 conversion")
     p.add_argument("--steps", type=int, default=100, help="fine-tuning steps for --prune / --cluster / --qat")
+    p.add_argument("--lr", type=float, default=2e-4, help="fine-tuning learning rate (Adam) for those steps")
     p.add_argument("--no-report", action="store_true", help="skip the verification report")
 
     p = sub.add_parser("run", help="run a .tflite model on a camera, video or images (kseg-edge run)")
@@ -116,7 +117,7 @@ def _run(args):
 
         export_model(args.model, mode=args.to, config_path=args.config, out_path=args.out,
                      num_calibration=args.calibration, io_dtype=args.io, prune=args.prune, cluster=args.cluster,
-                     qat=args.qat, fine_tune_steps=args.steps, report=not args.no_report)
+                     qat=args.qat, fine_tune_steps=args.steps, fine_tune_lr=args.lr, report=not args.no_report)
     elif args.command == "run":
         from edge.cli import main as edge_main
 

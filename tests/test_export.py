@@ -315,3 +315,6 @@ def test_export_errors(trained, tmp_path):
             export_model(root / "best.keras", "int8", config_path=path, prune=bad)
     with pytest.raises(ConfigError, match="cluster"):
         export_model(root / "best.keras", "int8", config_path=path, cluster=1)
+    for bad in (0, -1e-4, 2.0, "fast"):
+        with pytest.raises(ConfigError, match="--lr"):
+            export_model(root / "best.keras", "int8", config_path=path, qat=True, fine_tune_lr=bad)
