@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from export.convert import MODES, to_tflite, write_atomic
+from export.optimize import FINE_TUNE_LR, check_options, optimize
 from kseg.errors import ConfigError, DataError, ModelFileError
 
 EXPORT_MODES = MODES + ("edgetpu",)
@@ -98,7 +99,7 @@ def calibration_images(data_cfg, num_images, pool_factor=4):
 
 
 def export_model(model_path, mode="int8", config_path=None, out_path=None, num_calibration=64, io_dtype="uint8",
-                 prune=None, cluster=None, qat=False, fine_tune_steps=100, fine_tune_lr=2e-4, report=True,
+                 prune=None, cluster=None, qat=False, fine_tune_steps=100, fine_tune_lr=FINE_TUNE_LR, report=True,
                  verbose=True):
     """Optimize, convert, embed metadata, write atomically and verify against Keras.
 
@@ -130,8 +131,6 @@ def export_model(model_path, mode="int8", config_path=None, out_path=None, num_c
         raise ConfigError(f"io_dtype must be 'uint8' or 'int8', got {io_dtype!r}")
     optimizing = prune is not None or cluster is not None or qat
     if optimizing:
-        from export.optimize import check_options
-
         check_options(prune, cluster, qat, mode, fine_tune_lr)
     model = load_model(model_path)
     from kseg.evaluate import is_instance_model
@@ -163,13 +162,11 @@ def export_model(model_path, mode="int8", config_path=None, out_path=None, num_c
 
     stages = {}
     if optimizing:
-        from export.optimize import optimize
-
         model_name = cfg["model"]["name"]
         builder_kwargs = {k: v for k, v in cfg["model"].items() if k not in ("name", "aux_weight")}
         opt = optimize(model, model_name, builder_kwargs, data_cfg, prune=prune, cluster=cluster, qat=qat,
-                       steps=fine_tune_steps, lr=fine_tune_lr, loss=cfg["loss"], calibration=calib, mode=mode, io_dtype=io_dtype,
-                       work_dir=os.path.dirname(os.path.abspath(out_path)), verbose=verbose)
+                       steps=fine_tune_steps, lr=fine_tune_lr, loss=cfg["loss"], calibration=calib, mode=mode,
+                       io_dtype=io_dtype, work_dir=os.path.dirname(os.path.abspath(out_path)), verbose=verbose)
         data, stages["optimized"] = opt["tflite"], opt
         keras_reference = opt.get("keras_model", model)
     else:
