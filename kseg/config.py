@@ -16,7 +16,8 @@ A config has five sections (only ``model.name`` and ``data`` are required)::
       val_every: 1                # validate every N epochs (and always after the last one)
       optimizer: {name: adam, lr: 0.001, weight_decay: 0.0, momentum: 0.9}
       schedule: {name: cosine, warmup_epochs: 0}
-      mixed_precision: false
+      mixed_precision: false      # true / float16: mixed float16 (GPUs); bfloat16: mixed bfloat16 (CPUs with
+                                  #   AVX512_BF16 or AMX, and TPUs); variables stay float32
       strategy: {name: default, devices: null}
       seed: 0
       time_budget_min: null       # stop cleanly after N minutes; the lr decay is resized to end there
@@ -75,7 +76,7 @@ class Field:
         names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
         parts = ["a number" if set(self.types) == {int, float} else " or ".join(names[t] for t in self.types)]
         if self.choices:
-            parts = ["one of " + ", ".join(map(str, self.choices))]
+            parts = ["one of " + ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in self.choices)]
         if self.min is not None and self.max is not None:
             parts.append(f"in [{self.min}, {self.max}]")
         elif self.min is not None:
@@ -104,7 +105,7 @@ SCHEMA = {
             "name": Field((str,), "cosine", choices=("cosine", "constant", "poly")),
             "warmup_epochs": Field(_NUM, 0, min=0),
         },
-        "mixed_precision": Field((bool,), False),
+        "mixed_precision": Field((bool, str), False, choices=(False, True, "float16", "bfloat16")),
         "strategy": {
             "name": Field((str,), "default", choices=("default", "mirrored", "multi_worker")),
             "devices": Field((list,), None, nullable=True),
@@ -188,7 +189,7 @@ def _check_field(field, value, where):
     if not ok:
         raise ConfigError(f"{where}: expected {field.expected()}, got {value!r} ({type(value).__name__})")
     if field.choices and value not in field.choices:
-        hint = difflib.get_close_matches(str(value), field.choices, n=1)
+        hint = difflib.get_close_matches(str(value), [str(c) for c in field.choices], n=1)
         hint = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise ConfigError(f"{where}: expected {field.expected()}, got {value!r}{hint}")
     if (field.min is not None and value < field.min) or (field.max is not None and value > field.max):

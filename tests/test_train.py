@@ -181,13 +181,14 @@ def test_time_budget_sizes_the_decay_to_the_budget(monkeypatch):
     assert float(schedule(state.global_step)) < 1e-5
 
 
-def test_mixed_precision_runs_and_restores_the_policy(tmp_path, shapes):
-    _, cfg = make_config(tmp_path, shapes, "train.mixed_precision=true", epochs=1, steps_per_epoch=2)
+@pytest.mark.parametrize("setting, policy", [("true", "mixed_float16"), ("bfloat16", "mixed_bfloat16")])
+def test_mixed_precision_runs_and_restores_the_policy(tmp_path, shapes, setting, policy):
+    _, cfg = make_config(tmp_path, shapes, f"train.mixed_precision={setting}", epochs=1, steps_per_epoch=2)
     result = train(cfg, verbose=0)
     assert keras.mixed_precision.global_policy().name == "float32"
     assert np.isfinite(float(read_history(result["run_dir"])[0]["loss"]))
     model = keras.saving.load_model(os.path.join(result["run_dir"], "last.keras"), compile=False)
-    assert {layer.dtype_policy.name for layer in model.layers} >= {"mixed_float16"}
+    assert {layer.dtype_policy.name for layer in model.layers} >= {policy}
     assert model.output.dtype == "float32"
 
 

@@ -31,6 +31,11 @@ def _fingerprint(cfg, steps_per_epoch, global_batch):
     return json.loads(json.dumps(fp))
 
 
+def mixed_policy(setting):
+    """The Keras policy for ``train.mixed_precision`` (true / "float16" / "bfloat16")."""
+    return "mixed_bfloat16" if setting == "bfloat16" else "mixed_float16"
+
+
 def _shard(ds, policy):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = policy
@@ -222,7 +227,7 @@ def train(cfg, verbose=1, callbacks=()):
 
     policy = keras.mixed_precision.global_policy()
     if t["mixed_precision"]:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+        keras.mixed_precision.set_global_policy(mixed_policy(t["mixed_precision"]))
     try:
         with strategy.scope():
             schedule = WarmupSchedule(t["schedule"]["name"], t["optimizer"]["lr"], planned,
@@ -319,7 +324,7 @@ def _describe(cfg, run_dir, strategy, global_batch, steps_per_epoch, resumed):
     lines = [f"kseg train: {cfg['model']['name']} -> {run_dir}",
              f"  {type(strategy).__name__} x{strategy.num_replicas_in_sync} replica(s), global batch {global_batch}, "
              f"{t['epochs']} epochs x {steps_per_epoch} steps"
-             + (", mixed_float16" if t["mixed_precision"] else "")
+             + (f", {mixed_policy(t['mixed_precision'])}" if t["mixed_precision"] else "")
              + (f", adversarial (weight {t['trainer']['weight']}, {t['trainer']['encoding']} encoding)"
                 if t["trainer"]["name"] == "adversarial" else "")
              + (f", time budget {t['time_budget_min']} min" if t["time_budget_min"] is not None else "")]
