@@ -75,7 +75,8 @@ def main(argv=None):
         sys.exit(f"error: {e}")
 
     names = list(dataset_info(cfg["data"])["class_names"])
-    pixel_error, threshold = isbi_pixel_error(os.path.join(result["run_dir"], "best.keras"), cfg["data"])
+    pixel_error, threshold = isbi_pixel_error(cell_probabilities(os.path.join(result["run_dir"], "best.keras"),
+                                                                 cfg["data"]))
     per_class = metrics["per_class_iou"]
     miou, acc = metrics["mean_iou"], metrics["pixel_accuracy"]
     summary = {
@@ -110,29 +111,41 @@ def main(argv=None):
     return 0
 
 
-def isbi_pixel_error(model_path, data_cfg, thresholds=np.arange(0.05, 1.0, 0.05)):
-    """The ISBI 2012 challenge's pixel error on the validation slices: 1 - the best F-score, over thresholds of
-    p(cell), of the cell pixels (label > 0, the challenge's foreground), counts pooled over the slices (Fiji's
-    trainableSegmentation.metrics.PixelError, which scored the challenge). Returns ``(error, threshold)``.
+def isbi_pixel_error(pairs, thresholds=np.arange(0.05, 1.0, 0.05)):
+    """The ISBI 2012 challenge's pixel error: 1 - the best F-score, over ``thresholds`` of p(cell), of the cell
+    pixels (label > 0, the challenge's foreground), counts pooled over the slices, as Fiji's
+    trainableSegmentation.metrics.PixelError scored the challenge. Not 1 - pixel accuracy: the U-Net paper's
+    "pixel error 0.0611" is this number on the challenge's hidden test slices.
 
-    Not 1 - pixel accuracy: the U-Net paper's "pixel error 0.0611" is this number on the hidden test slices."""
-    from kseg.data import dataset_info
-    from kseg.evaluate import probabilities, uint8_samples
-    from kseg.saving import load_model
+    Args:
+        pairs: ``(p_cell, is_cell)`` arrays of the same shape, one pair per slice.
 
-    model = load_model(model_path)
-    cell = list(dataset_info(data_cfg)["class_names"]).index("cell")
+    Returns:
+        ``(error, threshold)``.
+    """
     tp, fp, fn = (np.zeros(len(thresholds)) for _ in range(3))
-    for image, label in uint8_samples(data_cfg, "val"):
-        p = probabilities(model(image[None].astype(np.float32), training=False).numpy()[0])[..., cell].ravel()
-        truth = label.ravel() == cell
-        predicted = p[None, :] > thresholds[:, None]
+    for p, truth in pairs:
+        predicted = np.ravel(p)[None, :] > thresholds[:, None]
+        truth = np.ravel(truth).astype(bool)
         tp += (predicted & truth).sum(axis=1)
         fp += (predicted & ~truth).sum(axis=1)
         fn += (~predicted & truth).sum(axis=1)
     f = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
     best = int(np.argmax(f))
     return float(1 - f[best]), float(thresholds[best])
+
+
+def cell_probabilities(model_path, data_cfg):
+    """``(p_cell, is_cell)`` of each validation slice, for ``isbi_pixel_error``."""
+    from kseg.data import dataset_info
+    from kseg.evaluate import probabilities, uint8_samples
+    from kseg.saving import load_model
+
+    model = load_model(model_path)
+    cell = list(dataset_info(data_cfg)["class_names"]).index("cell")
+    for image, label in uint8_samples(data_cfg, "val"):
+        logits = model(image[None].astype(np.float32), training=False).numpy()[0]
+        yield probabilities(logits)[..., cell], label == cell
 
 
 def _load(avg):

@@ -1,6 +1,5 @@
 """kseg.data: formats on tiny fixtures in the real layouts, the tf.data pipeline, errors, augmentation."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from kseg.data import (build_dataset, check_dataset, data_errors, dataset_info, 
 from kseg.errors import ConfigError, DataError
 
 SIZE = [fx.H, fx.W]
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def load(cfg, split, **kw):
@@ -395,11 +393,9 @@ def test_cache_decodes_each_sample_once(tmp_path, monkeypatch, cache):
     np.testing.assert_array_equal(load(cfg, "train")[1], plain[1])
 
 
-def test_scale_benchmark_writes_a_cityscapes_dataset(tmp_path):
+def test_scale_benchmark_writes_a_cityscapes_dataset(tmp_path, load_benchmark):
     # The benchmark itself (benchmarks/data_scale.py) is too long for the suite; its data must stay readable.
-    spec = importlib.util.spec_from_file_location("data_scale", ROOT / "benchmarks" / "data_scale.py")
-    data_scale = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(data_scale)
+    data_scale = load_benchmark("data_scale")
     root = data_scale.write_cityscapes(tmp_path / "cs", 5, size=(32, 64), unique=2)
     cfg = {"format": "cityscapes", "root": str(root), "image_size": [32, 64]}
     samples = list_samples(cfg, "train")

@@ -295,3 +295,35 @@ def test_keras_metric_under_mirrored_strategy(keras_metric):
     assert result["replicas"] == 2
     assert result["same_matrix"], "per-replica counts must be summed on read"
     assert result["keras"] == pytest.approx(result["numpy"], rel=1e-6)
+
+
+def test_isbi_pixel_error_hand_computed(load_benchmark):
+    """1 - the best F-score of the cell pixels over thresholds: at 0.5, tp 1 fp 1 fn 1 (F 0.5); at 0.15, tp 2 fp 1
+    (F 0.8, the best); at 0.05 all four are cell (F 2/3). Counts pool over slices, so splitting the pixels into two
+    slices changes nothing."""
+    membrane = load_benchmark("membrane")
+    p, cell = np.array([0.9, 0.6, 0.2, 0.1]), np.array([1, 0, 1, 0])
+    thresholds = np.array([0.05, 0.15, 0.5])
+    error, threshold = membrane.isbi_pixel_error([(p, cell)], thresholds)
+    assert error == pytest.approx(0.2) and threshold == 0.15
+    assert membrane.isbi_pixel_error([(p[:1], cell[:1]), (p[1:], cell[1:])], thresholds) == (error, threshold)
+    assert membrane.isbi_pixel_error([(p, cell)], np.array([0.5]))[0] == pytest.approx(0.5)
+
+
+def test_isbi_pixel_error_of_a_model_on_the_real_slices(tmp_path, membrane_dir, load_benchmark):
+    """``cell_probabilities`` gives p(cell) and the truth of each of the 4 validation slices; the error of a
+    model whose p(cell) is the truth itself is 0."""
+    import kseg
+    from kseg.config import load_config
+
+    membrane = load_benchmark("membrane")
+    cfg = load_config(pathlib.Path(__file__).resolve().parents[1] / "configs" / "unet_membrane-512x512.yaml",
+                      [f"data.root={membrane_dir}"])
+    model = kseg.create_model("unet", num_classes=2, input_shape=(512, 512, 3), base_filters=4, depth=2)
+    model.save(tmp_path / "m.keras")
+    pairs = list(membrane.cell_probabilities(tmp_path / "m.keras", cfg["data"]))
+    assert len(pairs) == 4
+    for p, cell in pairs:
+        assert p.shape == cell.shape == (512, 512) and 0 <= p.min() and p.max() <= 1
+        assert 0.6 < cell.mean() < 0.9  # about 78% of the pixels are cell interior
+    assert membrane.isbi_pixel_error([(c.astype(float), c) for _, c in pairs]) == (0.0, 0.05)
