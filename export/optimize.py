@@ -85,6 +85,12 @@ def check_qat_int8(model):
                               f"{reason}. Instead, {instead}")
 
 
+def pool_size(steps, batch_size):
+    """How many samples ``fine_tune_pool`` draws for ``steps`` batches: half as many as the steps see (each is
+    seen about twice), at least 16 and at most 256 (the pool goes to the worker in one file)."""
+    return max(16, min(256, steps * batch_size // 2))
+
+
 def fine_tune_pool(data_cfg, size, seed=0):
     """``size`` augmented training samples at the model's input size (no random crops) as uint8 arrays: the
     fine-tuning data handed to the worker process, which must not build Keras 3 input pipelines."""
@@ -146,7 +152,7 @@ def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=No
     kwargs = dict(builder_kwargs, num_classes=int(model.outputs[0].shape[-1]), input_shape=shape)
     twin = inference_model(build_twin(model_name, **kwargs))
     transfer_weights(model, twin)
-    x, y = fine_tune_pool(data_cfg, max(16, min(256, steps * batch_size // 2)))
+    x, y = fine_tune_pool(data_cfg, pool_size(steps, batch_size))
     if work_dir is not None:  # the export's output folder, which may not exist yet
         os.makedirs(work_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work_dir, prefix=".kseg-optimize-") as tmp:

@@ -224,3 +224,27 @@ print(json.dumps(verdicts))
     assert "WeightsQuantizeConfig" in verdicts["vnet"]  # Conv3D and PReLU
     assert "WeightsQuantizeConfig" in verdicts["crfasrnn"]  # the CRF's kernel weights and compatibility
     assert "RecurrentQuantizeConfig" in verdicts["reseg"]  # the GRU kernels inside SequenceSweep
+
+
+def test_qat_float_control_fine_tunes_with_frozen_statistics(trained, tmp_path, capsys, load_benchmark):  # noqa: F811
+    """benchmarks/qat_control.py on a run folder laid out like benchmarks/export.py's: the float copy is fine-tuned
+    (kernels move, batch-norm statistics stay) and both models are scored."""
+    import shutil
+
+    import keras
+
+    root, path = trained
+    (tmp_path / "unet").mkdir()
+    shutil.copy(path, tmp_path / "unet.yaml")
+    shutil.copy(root / "best.keras", tmp_path / "unet" / "best.keras")
+    load_benchmark("qat_control").main([str(tmp_path), "--models", "unet", "--steps", "4", "--lr", "1e-2"])
+    row = capsys.readouterr().out.strip().splitlines()[-1].split(" | ")
+    assert row[0] == "| unet" and 0 <= float(row[1]) <= 1 and row[3] == "- |", row
+    before = keras.saving.load_model(root / "best.keras")
+    after = keras.saving.load_model(tmp_path / "unet-float-control" / "fine_tuned.keras")
+    moved = {}
+    for a, b in zip(before.layers, after.layers):
+        for wa, wb in zip(a.weights, b.weights):
+            moved[wa.path] = not np.array_equal(wa.numpy(), wb.numpy())
+    assert not any(v for k, v in moved.items() if "moving" in k), moved
+    assert any(v for k, v in moved.items() if k.endswith("kernel")), moved
