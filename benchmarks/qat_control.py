@@ -26,10 +26,8 @@ from export.optimize import FINE_TUNE_LR  # noqa: E402 (after the path and log-l
 def float_fine_tune(model, cfg, steps, lr, batch_size=4):
     """``model`` fine-tuned in place as the QAT stage does, without fake quantization."""
     import keras
-    import numpy as np
-    import tensorflow as tf
 
-    from export.optimize import fine_tune_pool, pool_size
+    from export.optimize import fine_tune_batches, fine_tune_pool, pool_size
     from kseg.losses import build_loss
 
     keras.utils.set_random_seed(0)
@@ -39,8 +37,7 @@ def float_fine_tune(model, cfg, steps, lr, batch_size=4):
             layer.trainable = False
     num_classes = int(model.outputs[0].shape[-1])
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=build_loss(cfg["loss"], num_classes, 255))
-    data = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y.astype(np.int32)))
-    model.fit(data.shuffle(len(x), seed=0).repeat().batch(batch_size), epochs=1, steps_per_epoch=steps, verbose=0)
+    model.fit(fine_tune_batches(x, y, batch_size), epochs=1, steps_per_epoch=steps, verbose=0)
     return model
 
 

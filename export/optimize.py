@@ -109,6 +109,15 @@ def fine_tune_pool(data_cfg, size, seed=0):
     return np.stack(xs), np.stack(ys)
 
 
+def fine_tune_batches(x, y, batch_size):
+    """The fine-tuning stream of a ``fine_tune_pool``: float32 images, int32 labels, shuffled (seed 0), repeated,
+    batched; the same for the worker's stages and for ``benchmarks/qat_control.py``'s float control."""
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y.astype(np.int32)))
+    return data.shuffle(len(x), seed=0).repeat().batch(batch_size)
+
+
 def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=None, qat=False, steps=100,
              batch_size=4, lr=FINE_TUNE_LR, loss="ce", calibration=None, mode="int8", io_dtype="uint8", work_dir=None,
              verbose=True):

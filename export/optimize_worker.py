@@ -32,6 +32,7 @@ import tensorflow_model_optimization as tfmot  # first: flips tf.keras to tf_ker
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
+from export.optimize import fine_tune_batches  # noqa: E402
 from kseg.losses import build_loss  # noqa: E402
 from kseg.models.registry import inference_model  # noqa: E402
 from kseg.models.twin import build_twin  # noqa: E402
@@ -309,9 +310,8 @@ def main(job_path):
     model = inference_model(build_twin(job["model"], **job["builder_kwargs"]))
     model.load_weights(job["weights"])
     data = np.load(job["data"])
-    x, y = data["x"].astype(np.float32), data["y"].astype(np.int32)
     num_classes = int(model.outputs[0].shape[-1])
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0).repeat().batch(job["batch_size"])
+    dataset = fine_tune_batches(data["x"], data["y"], job["batch_size"])
     steps = int(job["steps"])
 
     # kseg's losses are Keras 3 objects over TensorFlow ops: tf_keras calls them like any loss function

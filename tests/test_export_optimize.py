@@ -180,13 +180,10 @@ QAT_INT8 = {"attention_to_scale": (0.8, 0.38), "danet": (0.7, 0.8), "ran": (0.8,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(QAT_INT8))
-def test_qat_converts_to_int8(name):
+def test_qat_converts_to_int8(name, load_benchmark):
     """Annotate, 2 QAT fine-tuning steps, full-int8 conversion (uint8 I/O, builtin ops only, no DEQUANTIZE left
     inside), and agreement of the int8 file with the fake-quantized Keras model within ``QAT_INT8``."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    from qat_coverage import run
-
-    result = run([name], steps=2)[name]
+    result = load_benchmark("qat_coverage").run([name], steps=2)[name]
     assert "error" not in result, result
     assert result["loss_finite"], result
     assert not any(op in ("CUSTOM", "DEQUANTIZE") or op.startswith("Flex") for op in result["ops"]), result["ops"]
