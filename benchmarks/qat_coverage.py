@@ -5,7 +5,7 @@ not take the other models with it), as ``export.optimize_worker`` runs it: the t
 test configuration (``tests/test_models.py::SMALL_CONFIGS``), random weights with batch-norm statistics from one
 batch of random images (the initial statistics shrink a random MobileNetV2's features to about 1e-10, and the
 int8 error would be measured on noise), recurrent loops unrolled (``unroll=True``), ``quantize_model``
-(tfmot's registry plus ``CUSTOM_CONFIGS``), ``--steps`` Adam steps of QAT fine-tuning on random images and labels,
+(tfmot's registry plus ``CUSTOM_CONFIGS``, activation ranges calibrated on the 8 training images), ``--steps`` Adam steps of QAT fine-tuning on random images and labels,
 ``convert_qat`` (uint8 in and out), and ``int8_agreement``: the int8 TFLite logits against the fake-quantized
 Keras model's on 4 other random images.
 
@@ -51,7 +51,7 @@ def run_case(name, steps):
         if isinstance(layer, tf_keras.layers.BatchNormalization):
             layer.momentum = 0.0
     model(images[:8], training=True)
-    qat, custom = quantize_model(model)
+    qat, custom = quantize_model(model, calibration=images[:8])
     timings["quantize_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -31,14 +31,32 @@ import tensorflow_model_optimization as tfmot  # first: flips tf.keras to tf_ker
 
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa: E402
+    default_8bit_quantize_registry, default_8bit_quantize_scheme)
 
 from export.optimize import fine_tune_batches  # noqa: E402
 from kseg.losses import build_loss  # noqa: E402
 from kseg.models.registry import inference_model  # noqa: E402
 from kseg.models.twin import build_twin  # noqa: E402
 
+from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (  # noqa: E402
+    model_transformer)
+
 quant = tfmot.quantization.keras
 _quantizers = quant.quantizers
+
+
+def _layers_in_given_order(self, layer_names):
+    """``ModelTransformer._get_layers`` that returns the layers in the order of ``layer_names``: tfmot 0.8.1
+    returns them in model order, and a pattern matched at a layer with several inputs then rewires them in that
+    order (tensorflow/model-optimization issues 1061 and 1179): DeepLabV3+'s QAT model concatenated its ASPP
+    branches image pooling first, so the projection read permuted channels (int8 mIoU -0.8 points before any
+    training, docs/export.md)."""
+    layers = {layer["config"]["name"]: layer for layer in self._config["layers"]}
+    return [layers[name] for name in layer_names if name in layers]
+
+
+model_transformer.ModelTransformer._get_layers = _layers_in_given_order
 
 
 class OutputQuantizeConfig(quant.QuantizeConfig):
@@ -108,6 +126,53 @@ class RecurrentQuantizeConfig(OutputQuantizeConfig):
                 setattr(cell, name, next(values))
 
 
+class DepthwiseKernelQuantizer(_quantizers.LastValueQuantizer):
+    """8-bit symmetric, one range per output channel of a depthwise kernel ``(kh, kw, channels, multiplier)``,
+    as the converter quantizes it. tfmot's conv quantizer ranges over the kernel's last axis, which for a
+    depthwise kernel is the depth multiplier (tensorflow/model-optimization issue 808): one range for every
+    channel, so QAT trains against a coarser kernel than the int8 file holds, and the converter, which folds batch
+    norm into the kernel and quantizes it per channel, no longer matches the fake-quantized model."""
+
+    def __init__(self):
+        super().__init__(num_bits=8, per_axis=True, symmetric=True, narrow_range=True)
+
+    def build(self, tensor_shape, name, layer):
+        channels = int(tensor_shape[-2]) * int(tensor_shape[-1])
+        return {f"{kind}_var": layer.add_weight(f"{name}_{kind}", shape=(channels,), trainable=False,
+                                                initializer=tf_keras.initializers.Constant(bound))
+                for kind, bound in (("min", -6.0), ("max", 6.0))}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        kh, kw, channels, multiplier = inputs.shape
+        # TFLite's depthwise kernel is (1, kh, kw, channels * multiplier): its output channels on the last axis
+        flat = tf.reshape(inputs, (kh, kw, 1, channels * multiplier))
+        return tf.reshape(super().__call__(flat, training, weights, **kwargs), (kh, kw, channels, multiplier))
+
+
+class DepthwiseQuantizeConfig(default_8bit_quantize_registry.Default8BitConvQuantizeConfig):
+    """tfmot's DepthwiseConv2D config with ``DepthwiseKernelQuantizer``."""
+
+    def __init__(self, weight_attrs=("depthwise_kernel",), activation_attrs=("activation",), quantize_output=False):
+        super().__init__(list(weight_attrs), list(activation_attrs), quantize_output)
+        self.weight_quantizer = DepthwiseKernelQuantizer()
+
+
+class QuantizeRegistry(default_8bit_quantize_registry.Default8BitQuantizeRegistry):
+    """tfmot's default 8-bit registry, DepthwiseConv2D quantized per channel (``DepthwiseQuantizeConfig``). A
+    registry entry, not an annotation: tfmot folds batch norm only after layers without a custom config."""
+
+    def __init__(self):
+        super().__init__()
+        self._layer_quantize_map[tf_keras.layers.DepthwiseConv2D] = DepthwiseQuantizeConfig()
+
+
+class QuantizeScheme(default_8bit_quantize_scheme.Default8BitQuantizeScheme):
+    """tfmot's default 8-bit scheme with ``QuantizeRegistry``."""
+
+    def get_quantize_registry(self):
+        return QuantizeRegistry()
+
+
 def _weight_quantizer():
     return _quantizers.LastValueQuantizer(num_bits=8, per_axis=False, symmetric=True, narrow_range=True)
 
@@ -122,7 +187,7 @@ CUSTOM_CONFIGS = {"Rescaling": OutputQuantizeConfig, "Subtract": OutputQuantizeC
                   **{kind: WeightsQuantizeConfig for kind in WEIGHT_ATTRIBUTES},
                   "SequenceSweep": RecurrentQuantizeConfig}
 SCOPE = {cls.__name__: cls for cls in (OutputQuantizeConfig, PassThroughQuantizeConfig, WeightsQuantizeConfig,
-                                       RecurrentQuantizeConfig)}
+                                       RecurrentQuantizeConfig, DepthwiseQuantizeConfig)}
 
 
 def annotate_for_qat(model):
@@ -133,10 +198,7 @@ def annotate_for_qat(model):
     Returns:
         ``(annotated model, {layer name: config class name} of the custom-annotated layers)``.
     """
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import \
-        default_8bit_quantize_registry as registry
-
-    supported = registry.Default8BitQuantizeRegistry()
+    supported = QuantizeRegistry()
     custom = {}
     model = flatten_nested(model)
     calls = {}
@@ -195,12 +257,73 @@ def _call_inlined(model, inputs):
     return [tensors[str(id(x))].pop() for x in model.outputs]
 
 
-def quantize_model(model, scheme=None):
-    """``annotate_for_qat`` then ``quantize_apply`` (with ``scheme``, e.g. a pruning-preserving one):
-    ``(fake-quantized model, {layer name: custom config class name})``."""
+def quantize_model(model, scheme=None, calibration=None, batch_size=4):
+    """``annotate_for_qat`` then ``quantize_apply`` with ``scheme`` (``QuantizeScheme`` by default; a pruning-
+    or clustering-preserving one), and with ``calibration`` images, ``calibrate_ranges`` on batches of
+    ``batch_size``: ``(fake-quantized model, {layer name: custom config class name})``."""
     annotated, custom = annotate_for_qat(model)
     with quant.quantize_scope(SCOPE):
-        return (quant.quantize_apply(annotated, scheme) if scheme else quant.quantize_apply(annotated)), custom
+        qat = quant.quantize_apply(annotated, scheme or QuantizeScheme())
+    if calibration is not None:
+        calibrate_ranges(qat, model, (calibration[i:i + batch_size] for i in range(0, len(calibration), batch_size)))
+    return qat, custom
+
+
+def _output_ranges(qat):
+    """``{float layer name: [{"min_var", "max_var"}, ...]}``: the moving-average activation ranges of the
+    fake-quantized model, by the float layer whose output they quantize (a wrapper's output or its fused
+    activation's output; ranges before a sigmoid or softmax, which tfmot also keeps, are left as they are)."""
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
+
+    def moving(quantizer):
+        return isinstance(quantizer, _quantizers.MovingAverageQuantizer)
+
+    ranges = {}
+    for layer in qat.layers:
+        if not isinstance(layer, QuantizeWrapper):
+            continue
+        pairs = [a._post_activation_vars for a in layer._quantize_activations
+                 if moving(a.quantizer) and hasattr(a, "_post_activation_vars")]
+        if layer._output_quantizers and moving(layer._output_quantizers[0]):
+            pairs.append(layer._output_quantizer_vars)
+        if pairs:
+            ranges[layer.layer.name] = pairs
+    return ranges
+
+
+def calibrate_ranges(qat, model, batches):
+    """Start the activation ranges of ``qat`` (``quantize_model(model)``) from the ranges ``model``'s float
+    activations take on ``batches`` (image arrays), not from tfmot's [-6, 6].
+
+    tfmot moves each range towards the batch's by 0.1% a step (decay 0.999, no bias correction), so after the
+    few hundred steps of a fine-tuning the ranges are still three quarters [-6, 6]: activations that span more
+    (logits, linear bottlenecks, sums) are clipped in QAT and in the int8 file, those that span less are
+    quantized coarsely. Each range starts at the mean over ``batches`` of the batch's range, the value tfmot's
+    average settles at. A forward pass in training mode on each batch sets the other ranges (weights: the last
+    value; the input: all values seen), so that the model is ready for inference without a training step.
+    Returns the number of moving-average ranges set."""
+    ranges = _output_ranges(qat)
+    flat = flatten_nested(model)
+    probes = [(name, i) for name in ranges for i in range(len(flat.get_layer(name).inbound_nodes))
+              # a layer of a nested model is also called inside it: only its calls in the flattened graph
+              if f"{name}_ib-{i}" in flat._network_nodes]
+    probe = tf_keras.Model(flat.inputs, [flat.get_layer(name).get_output_at(i) for name, i in probes])
+    lows, highs = {}, {}
+    for images in batches:
+        images = tf.constant(images, tf.float32)
+        qat(images, training=True)  # the weight and input ranges, which tfmot sets from the values it sees
+        outputs = probe(images, training=False)
+        for (name, _), y in zip(probes, outputs if len(probes) > 1 else [outputs]):
+            lows.setdefault(name, []).append(float(tf.reduce_min(y)))
+            highs.setdefault(name, []).append(float(tf.reduce_max(y)))
+    for name, pairs in ranges.items():
+        # tfmot's asymmetric activation ranges always hold 0; an output that is 0 everywhere still needs a width
+        low = min(float(np.mean(lows[name])), 0.0)
+        high = max(float(np.mean(highs[name])), low + 1e-3)
+        for pair in pairs:
+            pair["min_var"].assign(tf.fill(pair["min_var"].shape, low))
+            pair["max_var"].assign(tf.fill(pair["max_var"].shape, high))
+    return sum(len(pairs) for pairs in ranges.values())
 
 
 def _folds(batch_norm, calls):
@@ -336,9 +459,9 @@ def main(job_path):
         elif job.get("prune") is not None:
             scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
         freeze_batch_norm(model)
-        qat, log["custom_quantize_configs"] = quantize_model(model, scheme)
-        fit(qat, [])
         calibration = np.load(job["calibration"])
+        qat, log["custom_quantize_configs"] = quantize_model(model, scheme, calibration, job["batch_size"])
+        fit(qat, [])
         flatbuffer = convert_qat(qat, calibration, job["io_dtype"])
         log["qat_int8_vs_fake_quant"] = int8_agreement(qat, flatbuffer, calibration[:4])
         with open(os.path.join(job["out"], "qat.tflite"), "wb") as f:
