@@ -30,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from export.optimize import FINE_TUNE_LR  # noqa: E402 (after the path and log-level set-up)
+from export.optimize import FINE_TUNE_LR, QAT_LR  # noqa: E402 (after the path and log-level set-up)
 
 MODELS = {"unet": None,  # the config's own U-Net (base 16, depth 4, BN, transposed convs)
           "deeplabv3plus": {"name": "deeplabv3plus", "backbone": "mobilenetv2"}}
@@ -167,7 +167,8 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
     p.add_argument("--size", type=int, default=256, help="input size (square)")
     p.add_argument("--steps", type=int, default=150, help="fine-tuning steps of QAT and pruning")
-    p.add_argument("--lr", type=float, default=FINE_TUNE_LR, help="fine-tuning learning rate of QAT and pruning")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"fine-tuning learning rate of QAT and pruning (default {FINE_TUNE_LR:g} / {QAT_LR:g})")
     p.add_argument("--calibration", type=int, default=20, help="int8 calibration images")
     p.add_argument("--models", default=None, help="default unet,deeplabv3plus; with --matrix: its rows (default all)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"exports to run, of {','.join(STAGES)}")

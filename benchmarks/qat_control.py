@@ -7,7 +7,7 @@ and scored on the validation split through ``kseg.evaluate.evaluate``. The drop 
 trained one is the fine-tuning's share of the QAT drop that the run's ``export_benchmark.json`` reports.
 
 Usage:
-    .venv/bin/python benchmarks/qat_control.py RUN_DIR [--models unet,deeplabv3plus] [--steps 300] [--lr 2e-4]
+    .venv/bin/python benchmarks/qat_control.py RUN_DIR [--models unet,deeplabv3plus] [--steps 300] [--lr 2e-5]
     e.g. .venv/bin/python benchmarks/qat_control.py runs/export-bench-s18
 """
 
@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from export.optimize import FINE_TUNE_LR  # noqa: E402 (after the path and log-level set-up)
+from export.optimize import QAT_LR  # noqa: E402 (after the path and log-level set-up)
 
 
 def float_fine_tune(model, cfg, steps, lr, batch_size=4):
@@ -46,7 +46,7 @@ def main(argv=None):
     p.add_argument("run", help="a benchmarks/export.py output folder (MODEL.yaml, MODEL/best.keras)")
     p.add_argument("--models", default="unet,deeplabv3plus")
     p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (the export run's --steps)")
-    p.add_argument("--lr", type=float, default=FINE_TUNE_LR, help="fine-tuning rate (the export run's --lr)")
+    p.add_argument("--lr", type=float, default=QAT_LR, help="fine-tuning rate (the export run's QAT rate)")
     args = p.parse_args(argv)
 
     from kseg.config import load_config

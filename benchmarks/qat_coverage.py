@@ -5,12 +5,16 @@ not take the other models with it), as ``export.optimize_worker`` runs it: the t
 test configuration (``tests/test_models.py::SMALL_CONFIGS``), random weights with batch-norm statistics from one
 batch of random images (the initial statistics shrink a random MobileNetV2's features to about 1e-10, and the
 int8 error would be measured on noise), recurrent loops unrolled (``unroll=True``), ``quantize_model``
-(tfmot's registry plus ``CUSTOM_CONFIGS``, activation ranges calibrated on the 8 training images), ``--steps`` Adam steps of QAT fine-tuning on random images and labels,
+(tfmot's registry plus ``CUSTOM_CONFIGS``, activation ranges calibrated on the 8 training images), ``--steps``
+Adam steps of QAT fine-tuning on random images and labels,
 ``convert_qat`` (uint8 in and out), and ``int8_agreement``: the int8 TFLite logits against the fake-quantized
 Keras model's on 4 other random images.
 
-Prints one JSON line per model: the custom configs used, whether the loss is finite, the
-int8 TFLite ops, ``max_error`` over the logit range, ``agreement`` of the argmax, and the seconds of each stage.
+Prints one JSON line per model: the custom configs used, ``float_error`` (the mean absolute difference of the
+fake-quantized model's logits from the float model's before fine-tuning, over the float logits' standard
+deviation: a QAT model that computes something else, such as a concatenation in another order, shows here),
+whether the loss is finite, the int8 TFLite ops, ``max_error`` over the logit range, ``agreement`` of the argmax,
+and the seconds of each stage.
 
 Usage:
     .venv/bin/python benchmarks/qat_coverage.py [--models danet,reseg] [--steps 2] [--out runs/qat-coverage.json]
@@ -34,7 +38,8 @@ def run_case(name, steps):
     import numpy as np
 
     from export.matrix import int8_build_kwargs
-    from export.optimize_worker import convert_qat, flatten_nested, int8_agreement, quantize_model, tf_keras
+    from export.optimize_worker import (convert_qat, flatten_nested, freeze_batch_norm, int8_agreement, quantize_model,
+                                        tf_keras)
     from kseg.models.registry import inference_model
     from kseg.models.twin import build_twin
     from test_models import SMALL_CONFIGS
@@ -51,8 +56,11 @@ def run_case(name, steps):
         if isinstance(layer, tf_keras.layers.BatchNormalization):
             layer.momentum = 0.0
     model(images[:8], training=True)
+    freeze_batch_norm(model)  # as the worker does for QAT
     qat, custom = quantize_model(model, calibration=images[:8])
     timings["quantize_s"] = time.perf_counter() - start
+    expected = model(images[8:], training=False).numpy()
+    float_error = float(np.abs(qat(images[8:], training=False).numpy() - expected).mean() / expected.std())
 
     start = time.perf_counter()
     num_classes = int(model.outputs[0].shape[-1])
@@ -68,7 +76,7 @@ def run_case(name, steps):
     from edge.interpreter import load_interpreter
 
     ops = collections.Counter(op["op_name"] for op in load_interpreter(model_content=flatbuffer)._get_ops_details())
-    result = {"custom_quantize_configs": sorted(set(custom.values())),
+    result = {"custom_quantize_configs": sorted(set(custom.values())), "float_error": float_error,
               "loss_finite": bool(np.all(np.isfinite(history.history["loss"]))), "ops": dict(ops),
               **int8_agreement(qat, flatbuffer, images[8:]), **{k: round(v, 1) for k, v in timings.items()}}
     return result

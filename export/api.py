@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from export.convert import MODES, to_tflite, write_atomic
-from export.optimize import FINE_TUNE_LR, check_options, optimize
+from export.optimize import check_options, optimize
 from kseg.errors import ConfigError, DataError, ModelFileError
 
 EXPORT_MODES = MODES + ("edgetpu",)
@@ -99,7 +99,7 @@ def calibration_images(data_cfg, num_images, pool_factor=4):
 
 
 def export_model(model_path, mode="int8", config_path=None, out_path=None, num_calibration=64, io_dtype="uint8",
-                 prune=None, cluster=None, qat=False, fine_tune_steps=100, fine_tune_lr=FINE_TUNE_LR, report=True,
+                 prune=None, cluster=None, qat=False, fine_tune_steps=100, fine_tune_lr=None, report=True,
                  verbose=True):
     """Optimize, convert, embed metadata, write atomically and verify against Keras.
 
@@ -116,7 +116,8 @@ def export_model(model_path, mode="int8", config_path=None, out_path=None, num_c
         cluster: number of weight clusters per kernel.
         qat: quantization-aware fine-tuning before the int8 conversion.
         fine_tune_steps: training steps of the prune / cluster / QAT fine-tuning.
-        fine_tune_lr: Adam learning rate of that fine-tuning.
+        fine_tune_lr: Adam learning rate of that fine-tuning (default: ``export.optimize.FINE_TUNE_LR`` for
+            pruning and clustering, ``QAT_LR`` for QAT).
         report: write the verification report (``<out>.report.txt`` and ``.png``).
 
     Returns:

@@ -28,7 +28,7 @@ def _add_tta(p):
 
 
 def _parser():
-    from export.optimize import FINE_TUNE_LR  # numpy and kseg.errors only: no TensorFlow at parse time
+    from export.optimize import FINE_TUNE_LR, QAT_LR  # numpy and kseg.errors only: no TensorFlow at parse time
 
     ap = argparse.ArgumentParser(prog="kseg", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -71,7 +71,8 @@ def _parser():
     p.add_argument("--cluster", type=int, metavar="K", help="weight clustering: K shared values per kernel")
     p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning before int8 conversion")
     p.add_argument("--steps", type=int, default=100, help="fine-tuning steps for --prune / --cluster / --qat")
-    p.add_argument("--lr", type=float, default=FINE_TUNE_LR, help="fine-tuning learning rate (Adam) for those steps")
+    p.add_argument("--lr", type=float, help=f"fine-tuning learning rate (Adam) for those steps (default "
+                   f"{FINE_TUNE_LR:g} for --prune / --cluster, {QAT_LR:g} for --qat)")
     p.add_argument("--no-report", action="store_true", help="skip the verification report")
 
     p = sub.add_parser("run", help="run a .tflite model on a camera, video or images (kseg-edge run)")
