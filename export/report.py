@@ -4,7 +4,9 @@ mIoU through ``kseg.metrics``, CPU latency with 1 and 2 threads; as text (``<mod
 
 Stages: ``keras`` (the model exported; after pruning / clustering / QAT, the optimized Keras model), ``float32``
 (its plain TFLite conversion, the reference for size and speed) and the exported file. Output error is measured on
-the dequantized output logits of the first validation images (random pixels without data) against Keras.
+the dequantized output logits of the first validation images (random pixels without data) against Keras; an int8
+file's error is also measured layer by layer (``layer_errors``), and the report names the layers where it rises
+most.
 
 Example:
     >>> from export.report import verification_report
@@ -20,6 +22,9 @@ import time
 import numpy as np
 
 from export.convert import write_atomic
+
+
+LAYER_ERROR_IMAGES = 2  # validation images for the per-layer int8 error
 
 
 def tflite_op_histogram(flatbuffer):
@@ -122,6 +127,73 @@ def score_stages(keras_model, flatbuffers, data_cfg=None, error_images=4):
     return result
 
 
+def layer_errors(keras_model, flatbuffer, images):
+    """Where a quantized file departs from its Keras model, layer by layer (what TensorFlow's quantization
+    debugger does for post-training files, here for any file, QAT ones included).
+
+    Every Keras layer whose output the file holds is matched by name (the converter names a tensor after the ops
+    fused into it: ``model/layer/op`` parts, ``quant_`` before the layer's name in a QAT file) and shape; its
+    error is the mean absolute difference of the dequantized tensor from the layer's output over that output's
+    standard deviation, averaged over ``images`` (raw pixels, (H, W, C)). A layer whose error stands far above its
+    inputs' is where the file computes something else (docs/export.md: a permuted concatenation found this way).
+
+    Returns:
+        ``[(layer name, error), ...]`` in model order.
+    """
+    import re
+
+    import keras
+    from ai_edge_litert.interpreter import OpResolverType
+
+    from edge.interpreter import Interpreter
+
+    order = {}
+    outputs = []
+    for layer in keras_model.layers[1:]:
+        try:
+            outputs.append(layer.output)
+        except (AttributeError, ValueError):  # a layer called more than once has no single output
+            continue
+        order[layer.name] = len(order)
+    probe = keras.Model(keras_model.inputs, outputs)
+    # the interpreter's own kernels: a delegate's intermediate tensors are not kept
+    interp = Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+
+    def layer_of(part):
+        bits = part.split("/")
+        name = re.sub(r"^quant_", "", bits[1]) if len(bits) > 1 else ""
+        return name if name in order else re.sub(r"_\d+$", "", name)
+
+    errors = collections.defaultdict(list)
+    for image in images:
+        x = image[None].astype(np.float32)
+        reference = dict(zip(order, (np.asarray(y) for y in probe(x, training=False))))
+        dequantized_output(interp, x)
+        last = {}  # a layer the converter splits into several ops (Rescaling: MUL, ADD): the last op's tensor
+        for op in interp._get_ops_details():
+            for index in op["outputs"]:
+                detail = interp._get_tensor_details(index, 0)
+                names = [layer_of(part) for part in detail["name"].split(";")]
+                names = [n for n in names if n in order and reference[n].shape == tuple(detail["shape"])]
+                if names:  # ops fused into one tensor: the last layer's output
+                    last[max(names, key=order.get)] = detail
+        for name, detail in last.items():
+            scale, zero = detail["quantization"]
+            value = interp.get_tensor(detail["index"]).astype(np.float32)
+            value = (value - zero) * scale if scale else value
+            ref = reference[name]
+            errors[name].append(float(np.abs(value - ref).mean() / max(float(ref.std()), 1e-12)))
+    return [(name, float(np.mean(errors[name]))) for name in sorted(errors, key=order.get)]
+
+
+def largest_rises(errors, count=5):
+    """The ``count`` layers of ``layer_errors`` whose error rises most over the layer before them (model order)."""
+    rises = [(name, error, error - previous) for (name, error), (_, previous) in zip(errors[1:], errors)]
+    return sorted(rises, key=lambda r: -r[2])[:count]
+
+
 def _ids(logits):
     return (logits[..., 0] > 0).astype(np.int64) if logits.shape[-1] == 1 else np.argmax(logits, axis=-1)
 
@@ -155,6 +227,9 @@ def verification_report(keras_model, tflite_path, mode, data_cfg=None, stages=No
     for name, data in files.items():
         numbers["stages"][name] = {"size_bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9)),
                                    "latency_ms": {t: latency_ms(data, t) for t in threads}, **scores[name]}
+    if mode in ("int8", "edgetpu"):
+        images = [image for image, _ in _samples(data_cfg, keras_model, LAYER_ERROR_IMAGES)][:LAYER_ERROR_IMAGES]
+        numbers["layer_errors"] = layer_errors(keras_model, exported, images)
     for name, extra in (stages or {}).items():
         numbers[name] = {k: v for k, v in extra.items() if k not in ("tflite", "keras_model")}
     if edgetpu is not None:
@@ -192,6 +267,11 @@ def report_text(numbers, tflite_path, mode, edgetpu=None):
         lines += ["", "optimization: " + ", ".join(f"{k}={v}" for k, v in opt.items() if not isinstance(v, dict))]
         for layer, sparsity in (opt.get("sparsity") or {}).items():
             lines.append(f"  {layer:<40} sparsity {sparsity:.3f}")
+    if numbers.get("layer_errors"):
+        lines += ["", f"int8 error by layer ({len(numbers['layer_errors'])} layers matched; mean |error| over the "
+                      "Keras output's std), the largest rises over the layer before:"]
+        lines += [f"  {name:<40} {error:.3f} (+{rise:.3f})" for name, error, rise in
+                  largest_rises(numbers["layer_errors"])]
     if edgetpu is not None:
         lines += ["", "EdgeTPU op analysis (Coral op table):", edgetpu.text()]
     return "\n".join(lines) + "\n"

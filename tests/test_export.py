@@ -285,6 +285,32 @@ def test_export_int8_report_numbers(trained):
     assert int8["size_bytes"] < 0.6 * f32["size_bytes"]  # a 3k-parameter net: the flatbuffer overhead weighs in
     assert set(int8["latency_ms"]) == {1, 2} and all(v > 0 for v in int8["latency_ms"].values())
     assert result["keras_miou"] == stages["keras"]["miou"] and result["tflite_miou"] == int8["miou"]
+    # the per-layer int8 error: every conv of the U-Net matched, all small, and named in the report text
+    errors = dict(result["report"]["layer_errors"])
+    assert "unet_bottleneck_conv2_relu" in errors and max(errors.values()) < 0.2, errors
+    with open(root / "m_int8.report.txt") as f:
+        assert "int8 error by layer" in f.read()
+
+
+def test_layer_errors_point_at_the_layer_that_computes_something_else():
+    """A file converted from a copy of the model whose middle conv has other weights: the per-layer error is small
+    up to that conv and jumps there, so the report names it as the largest rise."""
+    import keras
+
+    from export.report import largest_rises, layer_errors
+
+    keras.utils.set_random_seed(0)
+    model = tiny(lambda x: keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="changed")(x))
+    other = keras.models.clone_model(model)
+    other.set_weights(model.get_weights())
+    kernel, bias = other.get_layer("changed").get_weights()
+    other.get_layer("changed").set_weights([np.random.default_rng(1).permutation(kernel.ravel()).reshape(kernel.shape),
+                                            bias])
+    errors = layer_errors(model, to_tflite(other, "int8", RNG_IMAGES), RNG_IMAGES[:2])
+    names = [name for name, _ in errors]
+    before = dict(errors[:names.index("changed")])
+    assert before and max(before.values()) < 0.05, errors
+    assert dict(errors)["changed"] > 0.5 and largest_rises(errors, 1)[0][0] == "changed", errors
 
 
 def test_export_errors(trained, tmp_path):
