@@ -58,7 +58,8 @@ def _layers_in_given_order(self, layer_names):
     branches image pooling first, so the projection read permuted channels (int8 mIoU -0.8 points before any
     training, docs/export.md)."""
     layers = {layer["config"]["name"]: layer for layer in self._config["layers"]}
-    return [layers[name] for name in layer_names if name in layers]
+    # each layer once, as tfmot's own (it removes the layers it returns from the model, one by one)
+    return [layers[name] for name in dict.fromkeys(layer_names) if name in layers]
 
 
 model_transformer.ModelTransformer._get_layers = _layers_in_given_order
