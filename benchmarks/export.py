@@ -8,7 +8,8 @@ int8 file <= 0.1x float32; EdgeTPU mode: 100% of ops mappable by the analyser.
 Each model is trained from scratch through ``kseg.train.train`` on ``configs/unet_membrane-512x512.yaml`` at
 ``--size`` (default 256x256; DeepLabV3+ takes the config with its model section replaced) for ``--minutes``, then
 exported with ``export.api.export_model`` as float32, int8 (PTQ), int8 after QAT, int8 after 75% pruning, int8
-after 75% pruning and 16-cluster weight sharing (``pruned75c16``), and edgetpu. Numbers go to ``<out>/export_benchmark.json`` and a markdown table on stdout (docs/export.md).
+after 75% pruning and 16-cluster weight sharing (``pruned75c16``), and edgetpu. Numbers go to
+``<out>/export_benchmark.json`` and a markdown table on stdout (docs/export.md).
 
 Usage:
     .venv/bin/python benchmarks/export.py [--minutes 3] [--size 256] [--steps 150] [--models unet,deeplabv3plus]
