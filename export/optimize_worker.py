@@ -38,14 +38,14 @@ import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa: E402
     default_8bit_quantize_registry, default_8bit_quantize_scheme)
+from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (  # noqa: E402
+    model_transformer)
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper  # noqa: E402
 
 from export.optimize import fine_tune_batches  # noqa: E402
 from kseg.losses import build_loss  # noqa: E402
 from kseg.models.registry import inference_model  # noqa: E402
 from kseg.models.twin import build_twin  # noqa: E402
-
-from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (  # noqa: E402
-    model_transformer)
 
 quant = tfmot.quantization.keras
 _quantizers = quant.quantizers
@@ -279,7 +279,6 @@ def _output_ranges(qat):
     """``{float layer name: [{"min_var", "max_var"}, ...]}``: the moving-average activation ranges of the
     fake-quantized model, by the float layer whose output they quantize (a wrapper's output or its fused
     activation's output; ranges before a sigmoid or softmax, which tfmot also keeps, are left as they are)."""
-    from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
 
     def moving(quantizer):
         return isinstance(quantizer, _quantizers.MovingAverageQuantizer)
