@@ -150,11 +150,13 @@ def layer_errors(keras_model, flatbuffer, images):
     order = {}
     outputs = []
     for layer in keras_model.layers[1:]:
-        try:
-            outputs.append(layer.output)
-        except (AttributeError, ValueError):  # a layer called more than once has no single output
+        # a layer called more than once, or a nested model (whose own output lies in its inner graph), has no
+        # single output in this graph; a layer with several outputs has no single TFLite tensor
+        if len(layer._inbound_nodes) != 1 or isinstance(layer, keras.Model):
             continue
-        order[layer.name] = len(order)
+        if isinstance(layer.output, keras.KerasTensor):
+            outputs.append(layer.output)
+            order[layer.name] = len(order)
     probe = keras.Model(keras_model.inputs, outputs)
     # the interpreter's own kernels: a delegate's intermediate tensors are not kept
     interp = Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True,
