@@ -16,6 +16,7 @@ Example:
 
 import collections
 import gzip
+import itertools
 import os
 import time
 
@@ -70,13 +71,14 @@ def latency_ms(flatbuffer, threads, runs=20, warmup=3):
 
 
 def _samples(data_cfg, model, num):
+    """``(uint8 image, label)`` pairs, streamed: the validation split, or ``num`` random images without data."""
     if data_cfg is None:
         shape = [int(d) for d in model.inputs[0].shape[1:]]
         rng = np.random.default_rng(0)
         return [(rng.uniform(0, 255, shape).round().astype(np.uint8), None) for _ in range(num)]
     from kseg.evaluate import uint8_samples
 
-    return list(uint8_samples(data_cfg, "val"))
+    return uint8_samples(data_cfg, "val")
 
 
 def score_stages(keras_model, flatbuffers, data_cfg=None, error_images=4):
@@ -230,7 +232,9 @@ def verification_report(keras_model, tflite_path, mode, data_cfg=None, stages=No
         numbers["stages"][name] = {"size_bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9)),
                                    "latency_ms": {t: latency_ms(data, t) for t in threads}, **scores[name]}
     if mode in ("int8", "edgetpu"):
-        images = [image for image, _ in _samples(data_cfg, keras_model, LAYER_ERROR_IMAGES)][:LAYER_ERROR_IMAGES]
+        # the first images only: the split is read as a stream, not decoded whole for two images
+        samples = itertools.islice(_samples(data_cfg, keras_model, LAYER_ERROR_IMAGES), LAYER_ERROR_IMAGES)
+        images = [image for image, _ in samples]
         numbers["layer_errors"] = layer_errors(keras_model, exported, images)
     for name, extra in (stages or {}).items():
         numbers[name] = {k: v for k, v in extra.items() if k not in ("tflite", "keras_model")}
