@@ -38,6 +38,7 @@ def run_case(name, steps):
     import numpy as np
 
     from export.matrix import int8_build_kwargs
+    from export.report import relative_error
     from export.optimize_worker import (convert_qat, flatten_nested, freeze_batch_norm, int8_agreement, quantize_model,
                                         tf_keras)
     from kseg.models.registry import inference_model
@@ -60,7 +61,7 @@ def run_case(name, steps):
     qat, custom = quantize_model(model, calibration=images[:8])
     timings["quantize_s"] = time.perf_counter() - start
     expected = model(images[8:], training=False).numpy()
-    float_error = float(np.abs(qat(images[8:], training=False).numpy() - expected).mean() / expected.std())
+    float_error = relative_error(qat(images[8:], training=False).numpy(), expected)
 
     start = time.perf_counter()
     num_classes = int(model.outputs[0].shape[-1])

@@ -129,6 +129,11 @@ def score_stages(keras_model, flatbuffers, data_cfg=None, error_images=4):
     return result
 
 
+def relative_error(value, reference):
+    """Mean absolute difference of ``value`` from ``reference`` over the standard deviation of ``reference``."""
+    return float(np.abs(value - reference).mean() / max(float(np.std(reference)), 1e-12))
+
+
 def layer_errors(keras_model, flatbuffer, images):
     """Where a quantized file departs from its Keras model, layer by layer (what TensorFlow's quantization
     debugger does for post-training files, here for any file, QAT ones included).
@@ -187,8 +192,7 @@ def layer_errors(keras_model, flatbuffer, images):
             scale, zero = detail["quantization"]
             value = interp.get_tensor(detail["index"]).astype(np.float32)
             value = (value - zero) * scale if scale else value
-            ref = reference[name]
-            errors[name].append(float(np.abs(value - ref).mean() / max(float(ref.std()), 1e-12)))
+            errors[name].append(relative_error(value, reference[name]))
     return [(name, float(np.mean(errors[name]))) for name in sorted(errors, key=order.get)]
 
 

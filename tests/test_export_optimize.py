@@ -133,6 +133,7 @@ def test_qat_model_computes_what_the_float_model_computes():
 import json
 import numpy as np
 from export.optimize_worker import convert_qat, freeze_batch_norm, int8_agreement, quantize_model, tf_keras
+from export.report import relative_error
 L = tf_keras.layers
 tf_keras.utils.set_random_seed(0)
 image = tf_keras.Input((16, 16, 3))
@@ -165,7 +166,7 @@ errors = {}
 for name in ("dw_relu", "logits"):
     expected = tf_keras.Model(image, model.get_layer(name).output)(images[8:]).numpy()
     got = tf_keras.Model(qat.inputs, qat.get_layer("quant_" + name).output)(images[8:], training=False).numpy()
-    errors[name] = float(np.abs(got - expected).mean() / expected.std())
+    errors[name] = relative_error(got, expected)
 print(json.dumps({"cat_inputs": [layer.name for layer in qat.get_layer("quant_cat").inbound_nodes[0].inbound_layers],
                   "depthwise_ranges": [int(w.shape[0]) for w in qat.weights if "depthwise_kernel_min" in w.name],
                   "errors": errors, **int8_agreement(qat, convert_qat(qat, images[:8], "uint8"), images[8:])}))
