@@ -8,7 +8,8 @@ int8 file <= 0.1x float32; EdgeTPU mode: 100% of ops mappable by the analyser.
 Each model is trained from scratch through ``kseg.train.train`` on ``configs/unet_membrane-512x512.yaml`` at
 ``--size`` (default 256x256; DeepLabV3+ takes the config with its model section replaced) for ``--minutes``, then
 exported with ``export.api.export_model`` as float32, int8 (PTQ), int8 after QAT, int8 after 75% pruning, int8
-after 75% pruning and 16-cluster weight sharing (``pruned75c16``), and edgetpu. Numbers go to
+after 75% pruning and 16-cluster weight sharing (``pruned75c16``), those two followed by sparsity- (and
+cluster-) preserving QAT (``pruned75qat``, ``pruned75c16qat``), and edgetpu. Numbers go to
 ``<out>/export_benchmark.json`` and a markdown table on stdout (docs/export.md).
 
 Usage:
@@ -67,7 +68,11 @@ STAGES = {"float32": dict(mode="float32"), "int8": dict(mode="int8"), "qat": dic
           "pruned75": dict(mode="int8", prune=0.75),
           # deep compression (Han et al. 2016): the 75% sparse model's weights then shared in 16 clusters
           # (sparsity-preserving), so the gzip of its int8 file also finds repeated values among the non-zeros
-          "pruned75c16": dict(mode="int8", prune=0.75, cluster=16), "edgetpu": dict(mode="edgetpu")}
+          "pruned75c16": dict(mode="int8", prune=0.75, cluster=16),
+          # the same two, then quantization-aware training that keeps the zeros (and the clusters): tfmot's PQAT
+          # and PCQAT schemes
+          "pruned75qat": dict(mode="int8", prune=0.75, qat=True),
+          "pruned75c16qat": dict(mode="int8", prune=0.75, cluster=16, qat=True), "edgetpu": dict(mode="edgetpu")}
 
 
 def benchmark_model(name, args, out):
@@ -116,7 +121,8 @@ def targets(row):
         "QAT int8 mIoU drop <= 0.3 point": (("qat",), lambda q: 100 * (keras_miou - q["miou"]), 0.3),
         "EdgeTPU ops mapped = 100%": (("edgetpu",), lambda e: 100 * e["edgetpu_mapped"], 100.0),
     }
-    for key, label in (("pruned75", "75% sparsity"), ("pruned75c16", "75% sparsity + 16 clusters")):
+    for key, label in (("pruned75", "75% sparsity"), ("pruned75c16", "75% sparsity + 16 clusters"),
+                       ("pruned75qat", "75% sparsity + QAT"), ("pruned75c16qat", "75% sparsity + 16 clusters + QAT")):
         table[f"{label}: mIoU drop <= 1 point"] = ((key,), lambda p: 100 * (keras_miou - p["miou"]), 1.0)
         table[f"{label}: int8 gzip <= 0.1x float32"] = ((key, "float32"),
                                                         lambda p, f: p["gzip_bytes"] / f["size_bytes"], 0.1)

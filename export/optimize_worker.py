@@ -36,6 +36,10 @@ import tensorflow_model_optimization as tfmot  # first: flips tf.keras to tf_ker
 
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
+from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (  # noqa: E402
+    cluster_preserve_quantize_registry as cluster_preserve)
+from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (  # noqa: E402
+    prune_preserve_quantize_registry as prune_preserve)
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa: E402
     default_8bit_quantize_registry, default_8bit_quantize_scheme)
 from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (  # noqa: E402
@@ -179,6 +183,55 @@ class QuantizeScheme(default_8bit_quantize_scheme.Default8BitQuantizeScheme):
         return QuantizeRegistry()
 
 
+TRANSPOSE_CONFIG = "Default8BitConvTransposeQuantizeConfig"
+
+
+def _preserving_registry(base, info, quantizer, apply):
+    """A tfmot pruning- or clustering-preserving registry (``base``) that also covers ``Conv2DTranspose`` and starts
+    from ``QuantizeRegistry``'s configs (depthwise ranges per channel).
+
+    tfmot 0.8.1's preserving registries know only Conv2D, Dense and DepthwiseConv2D: QAT after pruning or clustering
+    failed on U-Net's up-convolutions ("Conv2DTranspose is not supported"). A transposed kernel is quantized per
+    tensor, so the per-tensor preserving quantizer (``quantizer``) keeps its zeros / shared values as it does a
+    Dense kernel's. ``apply`` is the base's method that swaps the preserving quantizer into a config.
+    """
+
+    class Registry(base):
+        _LAYERS_CONFIG_MAP = {**base._LAYERS_CONFIG_MAP,
+                              tf_keras.layers.Conv2DTranspose: info(["kernel"], [TRANSPOSE_CONFIG])}
+
+        def __init__(self, *args):
+            super().__init__(*args)
+            self._config_quantizer_map[TRANSPOSE_CONFIG] = quantizer(*args)
+
+        def get_quantize_config(self, layer):
+            return getattr(self, apply)(layer, QuantizeRegistry().get_quantize_config(layer))
+
+    return Registry
+
+
+PrunePreserveRegistry = _preserving_registry(
+    prune_preserve.Default8bitPrunePreserveQuantizeRegistry, prune_preserve._PrunePreserveInfo,
+    prune_preserve.PrunePreserveDefault8BitWeightsQuantizer, "apply_sparsity_preserve_quantize_config")
+ClusterPreserveRegistry = _preserving_registry(
+    cluster_preserve.Default8bitClusterPreserveQuantizeRegistry, cluster_preserve._ClusterPreserveInfo,
+    cluster_preserve.ClusterPreserveDefault8BitWeightsQuantizer, "apply_cluster_preserve_quantize_config")
+
+
+class PrunePreserveScheme(tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme):
+    """tfmot's pruning-preserving QAT (PQAT) with ``PrunePreserveRegistry``."""
+
+    def get_quantize_registry(self):
+        return PrunePreserveRegistry()
+
+
+class ClusterPreserveScheme(tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme):
+    """tfmot's cluster- (and pruning-) preserving QAT (CQAT, PCQAT) with ``ClusterPreserveRegistry``."""
+
+    def get_quantize_registry(self):
+        return ClusterPreserveRegistry(self.preserve_sparsity)
+
+
 def _weight_quantizer():
     return _quantizers.LastValueQuantizer(num_bits=8, per_axis=False, symmetric=True, narrow_range=True)
 
@@ -196,15 +249,17 @@ SCOPE = {cls.__name__: cls for cls in (OutputQuantizeConfig, PassThroughQuantize
                                        RecurrentQuantizeConfig, DepthwiseQuantizeConfig)}
 
 
-def annotate_for_qat(model):
-    """Annotate every layer: tfmot's default registry where it covers the layer, ``CUSTOM_CONFIGS`` otherwise.
+def annotate_for_qat(model, registry=None):
+    """Annotate every layer: the registry where it covers the layer, ``CUSTOM_CONFIGS`` otherwise. The registry is
+    ``QuantizeRegistry`` and, when given, a preserving scheme's ``registry`` too (which claims every layer without
+    weights, Rescaling included, and then asks tfmot's default registry for its config).
     Nested models (attention to scale's shared network) are first inlined (``flatten_nested``): tfmot rejects a
     model inside a model.
 
     Returns:
         ``(annotated model, {layer name: config class name} of the custom-annotated layers)``.
     """
-    supported = QuantizeRegistry()
+    registries = [QuantizeRegistry()] + ([registry] if registry is not None else [])
     custom = {}
     model = flatten_nested(model)
     calls = {}
@@ -218,7 +273,7 @@ def annotate_for_qat(model):
         # after anything else (V-Net's Conv3D), or when the pair is shared by several calls (attention to scale's
         # network, once per scale: tfmot transforms no shared layer), it stays a layer of its own that quantizes
         # its output
-        if supported.supports(layer) or kind == "InputLayer" or (kind == "BatchNormalization" and
+        if all(r.supports(layer) for r in registries) or kind == "InputLayer" or (kind == "BatchNormalization" and
                                                                   _folds(layer, calls)):
             return layer
         if kind not in CUSTOM_CONFIGS:
@@ -228,7 +283,7 @@ def annotate_for_qat(model):
         return quant.quantize_annotate_layer(layer, quantize_config=CUSTOM_CONFIGS[kind]())
 
     annotated = tf_keras.models.clone_model(model, clone_function=annotate)
-    return quant.quantize_annotate_model(annotated), custom  # the rest with the default registry
+    return quant.quantize_annotate_model(annotated), custom  # the rest with the scheme's registry
 
 
 def flatten_nested(model):
@@ -267,9 +322,10 @@ def quantize_model(model, scheme=None, calibration=None, batch_size=4):
     """``annotate_for_qat`` then ``quantize_apply`` with ``scheme`` (``QuantizeScheme`` by default; a pruning-
     or clustering-preserving one), and with ``calibration`` images, ``calibrate_ranges`` on batches of
     ``batch_size``: ``(fake-quantized model, {layer name: custom config class name})``."""
-    annotated, custom = annotate_for_qat(model)
+    scheme = scheme or QuantizeScheme()
+    annotated, custom = annotate_for_qat(model, scheme.get_quantize_registry())
     with quant.quantize_scope(SCOPE):
-        qat = quant.quantize_apply(annotated, scheme or QuantizeScheme())
+        qat = quant.quantize_apply(annotated, scheme)
     if calibration is not None:
         calibrate_ranges(qat, model, (calibration[i:i + batch_size] for i in range(0, len(calibration), batch_size)))
     return qat, custom
@@ -460,9 +516,9 @@ def main(job_path):
     if job.get("qat"):
         scheme = None
         if job.get("cluster"):
-            scheme = tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(job.get("prune") is not None)
+            scheme = ClusterPreserveScheme(job.get("prune") is not None)
         elif job.get("prune") is not None:
-            scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+            scheme = PrunePreserveScheme()
         freeze_batch_norm(model)
         calibration = np.load(job["calibration"])
         qat, log["custom_quantize_configs"] = quantize_model(model, scheme, calibration, job["batch_size"])

@@ -65,6 +65,38 @@ def test_qat_int8_agrees_with_keras(trained):  # noqa: F811
     assert int8["agreement"] >= 0.9 and abs(int8["miou"] - result["keras_miou"]) <= 0.05, int8
 
 
+@pytest.mark.parametrize("cluster", [None, 8])
+def test_qat_after_pruning_and_clustering_keeps_zeros_and_shared_values(trained, cluster):  # noqa: F811
+    """Pruning-preserving (and cluster-preserving) QAT on a U-Net with transposed up-convolutions, which tfmot's
+    preserving registries do not cover (``export.optimize_worker.PrunePreserveRegistry``): the int8 file keeps the
+    75% zeros and at most ``cluster`` values in every kernel, and agrees with Keras."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from export.api import export_model
+
+    root, path = trained
+    out = root / f"pqat{cluster}.tflite"
+    result = export_model(root / "best.keras", "int8", config_path=path, out_path=out, num_calibration=8, qat=True,
+                          prune=0.75, cluster=cluster, fine_tune_steps=10, verbose=False)
+    # without XNNPACK, which packs the kernels into its own buffers
+    interpreter = Interpreter(model_path=str(out),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    kernels = {names[op["inputs"][1]]: interpreter.get_tensor(op["inputs"][1])  # the filter of each (transposed) conv
+               for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "TRANSPOSE_CONV")}
+    assert sum("upconv" in name for name in kernels) == 2 and len(kernels) == 13, list(kernels)
+    for name, kernel in kernels.items():
+        assert np.mean(kernel == 0) >= 0.74, (name, np.mean(kernel == 0))
+        # a shared value per cluster, each symmetric-quantized to one int8 value per output channel (the first
+        # axis; convolutions have a scale per channel) (zero is a cluster of its own)
+        values = max(np.unique(channel).size for channel in kernel)
+        assert cluster is None or values <= cluster + 1, (name, values)
+    # the int8 file computes what the fake-quantized model computes (the tiny model itself, 75% pruned after 10
+    # steps of fine-tuning, agrees with the dense one on only 88% of the pixels)
+    assert result["report"]["optimized"]["qat_int8_vs_fake_quant"]["agreement"] >= 0.95, result["report"]["optimized"]
+
+
 # Every semantic model: tfmot's registry plus CUSTOM_CONFIGS annotate it, and QAT converts it to full int8
 # (test_qat_converts_to_int8 below runs the five families that needed new configs or routes).
 QAT_COVERED = ("unet", "deeplabv3plus", "segnet", "fpn", "fcn32s", "fcn16s", "fcn8s", "deeplabv1", "deeplabv2",
