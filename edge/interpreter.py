@@ -28,12 +28,16 @@ def load_interpreter(model_path=None, model_content=None, num_threads=None, edge
             delegates.append(load_delegate("libedgetpu.so.1"))
         except (OSError, ValueError) as e:
             print(f"kseg-edge: EdgeTPU delegate unavailable ({e}); running on the CPU")
+    name = model_path or "<bytes>"
     try:
         interp = Interpreter(model_path=model_path, model_content=model_content,
                              num_threads=num_threads, experimental_delegates=delegates or None)
-        interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
-        raise ModelFileError(f"{model_path or '<bytes>'} is not a valid TFLite model: {e}") from None
+        raise ModelFileError(f"{name} is not a valid TFLite model: {e}") from None
+    try:
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as e:  # a valid file whose ops this LiteRT cannot prepare (sizes, versions)
+        raise ModelFileError(f"{name}: LiteRT cannot run this model: {e}") from None
     if model_path is not None:
         release_file_pages(model_path)
     return interp

@@ -635,5 +635,22 @@ def test_full_size(name):
     """Every model at its builder's default (paper) input size and widths: output and float32 TFLite."""
     model = kseg.create_model(name, num_classes=3)
     run_output_shape_test(model, 3)
-    err, ops = run_tflite_test(model)
+    if name == "vnet":
+        # LiteRT's CONV_3D unrolls its input into an im2col buffer of output voxels x kernel volume x channels with
+        # 32-bit indices: at the paper's 64x128x128 the last stage's 5x5x5 conv on 32 channels needs 4.2e9 entries.
+        # Half the depth (32x128x128) runs; test_tflite_float32 checks a small volume against Keras.
+        with pytest.raises(ModelFileError, match=r"cannot run this model: Conv3D im2col elements \(4194304000\)"):
+            run_tflite_test(model)
+        return
+    # SegNet's unpooling with the pooling switches jumps where two values of a pooling window nearly tie: at
+    # 352x480, in Keras alone, a change of 1e-3 in the input pixels moves 6% of the logits by more than the
+    # tolerance (max 66), so float32 TFLite's other rounding does too (10%, max 85, logits up to 2141). Checked
+    # where the model is continuous: the median error within the tolerance (measured 1.4e-3 against 0.21) and
+    # 99.8% of the pixels with the same argmax (measured 99.91%).
+    # CRF-as-RNN at 512x512, 5 mean-field iterations over 7x7 windows: float32 rounding alone, in Keras, moves its
+    # logits by 8.8e-4 from a float64 run of the same model (0.9x the default tolerance); TFLite lies 1.1e-3 from
+    # float64 and 1.2-1.3e-3 from Keras float32. So 3x the default here (3e-3 absolute): a conversion fault moves
+    # logits by 1e-2 relative (0.09) or more.
+    kwargs = {"segnet": dict(quantile=0.5, min_agreement=0.998), "crfasrnn": dict(rel_tol=3e-4)}.get(name, {})
+    err, ops = run_tflite_test(model, **kwargs)
     print(f"{name} at {model.inputs[0].shape[1:-1]}: tflite max abs err {err:.2e}, ops {dict(ops)}")

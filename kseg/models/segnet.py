@@ -105,7 +105,7 @@ def _fixed_scale(K, x, scale, name):
 
 
 @register_model
-def segnet(num_classes, input_shape=(360, 480, 3), base_filters=64, depth=5, weights=None, keras_module=None,
+def segnet(num_classes, input_shape=(352, 480, 3), base_filters=64, depth=5, weights=None, keras_module=None,
            name="segnet"):
     """SegNet: the VGG16 encoder (13 convs) with batch norm, and a mirrored decoder (13 convs) that upsamples with
     the encoder's max-pooling indices.
@@ -127,7 +127,8 @@ def segnet(num_classes, input_shape=(360, 480, 3), base_filters=64, depth=5, wei
 
     Args:
         num_classes: number of output channels (logits).
-        input_shape: static ``(H, W, C)``, raw pixels in [0, 255]; H and W divisible by ``2**depth``.
+        input_shape: static ``(H, W, C)``, raw pixels in [0, 255]; H and W divisible by ``2**depth`` (the default:
+            the paper's CamVid 360x480 cut to 352 rows, since unpooling with switches needs even sizes at every level).
         base_filters: filters of the first block (64 in VGG16; smaller for a narrow network).
         depth: number of encoder blocks, 1..5 (5: the full VGG16 encoder).
         weights: ``None`` (random init), ``"imagenet"`` (downloaded by keras.applications, needs internet) or
