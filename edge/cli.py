@@ -230,9 +230,9 @@ def open_video_writer(path, fourcc, fps, size):
     encoder costs 3.4x the CPU time a frame (7.4 against 2.2 ms at 1280x720 on this project's host, docs/edge.md),
     as much as a small model's invoke, on the same cores.
     """
-    if fourcc == "MJPG":
-        video = cv2.VideoWriter(path, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc), fps, size,
-                                [cv2.VIDEOWRITER_PROP_RAW_VIDEO, 1])
+    raw = getattr(cv2, "VIDEOWRITER_PROP_RAW_VIDEO", None)  # OpenCV >= 4.9 (a Pi's system OpenCV may be older)
+    if fourcc == "MJPG" and raw is not None:
+        video = cv2.VideoWriter(path, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc), fps, size, [raw, 1])
         if video.isOpened():
             return video, True
     video = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), fps, size)
