@@ -251,8 +251,8 @@ SCOPE = {cls.__name__: cls for cls in (OutputQuantizeConfig, PassThroughQuantize
 
 def annotate_for_qat(model, registry=None):
     """Annotate every layer: the registry where it covers the layer, ``CUSTOM_CONFIGS`` otherwise. The registry is
-    ``QuantizeRegistry`` and, when given, a preserving scheme's ``registry`` too (which claims every layer without
-    weights, Rescaling included, and then asks tfmot's default registry for its config).
+    ``QuantizeRegistry`` and, when given, a preserving scheme's ``registry`` too (it claims every layer without
+    weights, Rescaling included, then has no config for those the default registry lacks).
     Nested models (attention to scale's shared network) are first inlined (``flatten_nested``): tfmot rejects a
     model inside a model.
 
