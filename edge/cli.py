@@ -36,6 +36,8 @@ VIDEO_EXTENSIONS = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVI
 WINDOW = "kseg-edge"
 JPEG_QUALITY = 90  # of the frames of a written .avi (Motion JPEG)
 CV_LOG_ERROR = 2  # cv2.setLogLevel's level that keeps errors, drops warnings
+# OpenCV < 4.13 logs "Failed to write frame" for every pre-encoded frame it writes successfully (opencv PR 27737)
+_RAW_WRITE_WARNS = tuple(int(v) for v in cv2.__version__.split(".")[:2]) < (4, 13)
 
 
 class OutputError(KsegError):
@@ -216,10 +218,6 @@ class Sink:
             self._video.write(data.reshape(1, -1))
         finally:
             cv2.setLogLevel(level)
-
-
-# OpenCV < 4.13 logs "Failed to write frame" for every pre-encoded frame it writes successfully (opencv PR 27737)
-_RAW_WRITE_WARNS = tuple(int(v) for v in cv2.__version__.split(".")[:2]) < (4, 13)
 
 
 def open_video_writer(path, fourcc, fps, size):

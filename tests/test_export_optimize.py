@@ -69,7 +69,8 @@ def test_qat_int8_agrees_with_keras(trained):  # noqa: F811
 def test_qat_after_pruning_and_clustering_keeps_zeros_and_shared_values(trained, cluster):  # noqa: F811
     """Pruning-preserving (and cluster-preserving) QAT on a U-Net with transposed up-convolutions, which tfmot's
     preserving registries do not cover (``export.optimize_worker.PrunePreserveRegistry``): the int8 file keeps the
-    75% zeros and at most ``cluster`` values in every kernel, and agrees with Keras."""
+    75% zeros and at most ``cluster`` + 1 values per output channel in every kernel, and computes what the
+    fake-quantized model computes."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from export.api import export_model
