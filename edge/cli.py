@@ -47,6 +47,7 @@ class OutputError(KsegError):
 def main(argv=None):
     """Entry point of ``kseg-edge``; returns the exit code (2 for errors a user can fix)."""
     args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # LiteRT's INFO lines are not for users (kseg.native_log)
     log = logging.getLogger("kseg.edge")
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)

@@ -5,6 +5,7 @@ import os
 import re
 
 from kseg.errors import ModelFileError
+from kseg.native_log import held_native_output
 
 try:
     from ai_edge_litert.interpreter import Interpreter, load_delegate
@@ -29,15 +30,17 @@ def load_interpreter(model_path=None, model_content=None, num_threads=None, edge
         except (OSError, ValueError) as e:
             print(f"kseg-edge: EdgeTPU delegate unavailable ({e}); running on the CPU")
     name = model_path or "<bytes>"
-    try:
-        interp = Interpreter(model_path=model_path, model_content=model_content,
-                             num_threads=num_threads, experimental_delegates=delegates or None)
-    except (ValueError, RuntimeError) as e:
-        raise ModelFileError(f"{name} is not a valid TFLite model: {e}") from None
-    try:
-        interp.allocate_tensors()
-    except (ValueError, RuntimeError) as e:  # a valid file whose ops this LiteRT cannot prepare (sizes, versions)
-        raise ModelFileError(f"{name}: LiteRT cannot run this model: {e}") from None
+    # LiteRT announces its XNNPACK delegate on stderr whatever TF_CPP_MIN_LOG_LEVEL says (kseg.native_log)
+    with held_native_output(fds=(2,)):
+        try:
+            interp = Interpreter(model_path=model_path, model_content=model_content,
+                                 num_threads=num_threads, experimental_delegates=delegates or None)
+        except (ValueError, RuntimeError) as e:
+            raise ModelFileError(f"{name} is not a valid TFLite model: {e}") from None
+        try:
+            interp.allocate_tensors()
+        except (ValueError, RuntimeError) as e:  # a valid file whose ops this LiteRT cannot prepare (sizes, versions)
+            raise ModelFileError(f"{name}: LiteRT cannot run this model: {e}") from None
     if model_path is not None:
         release_file_pages(model_path)
     return interp

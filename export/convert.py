@@ -5,8 +5,11 @@ import contextlib
 import io
 import os
 import tempfile
+import warnings
 
 import numpy as np
+
+from kseg.native_log import held_native_output
 
 MODES = ("float32", "float16", "dynamic", "int8")
 
@@ -58,8 +61,10 @@ def to_tflite(model, mode="float32", representative_data=None, io_dtype="uint8")
         if io_dtype != "float32":
             converter.inference_input_type = getattr(tf, io_dtype)
             converter.inference_output_type = getattr(tf, io_dtype)
-    # Keras' export step prints every captured variable; a user wants the result, not the trace.
-    with contextlib.redirect_stdout(io.StringIO()):
+    # Keras' export step prints every captured variable; a user wants the result, not the trace. The converter
+    # warns that int8 input statistics were not given: the representative data gives them.
+    with contextlib.redirect_stdout(io.StringIO()), held_native_output(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
         return converter.convert()
 
 

@@ -164,7 +164,7 @@ def layer_errors(keras_model, flatbuffer, images):
         if isinstance(layer.output, keras.KerasTensor):
             outputs.append(layer.output)
             order[layer.name] = len(order)
-    probe = keras.Model(keras_model.inputs, outputs)
+    probe = keras.Model(keras_model.input, outputs)
     # the interpreter's own kernels: a delegate's intermediate tensors are not kept
     interp = Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True,
                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)

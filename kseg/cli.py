@@ -11,6 +11,7 @@ Example:
 """
 
 import argparse
+import os
 import sys
 
 from kseg.errors import ConfigError, KsegError
@@ -35,7 +36,8 @@ def _parser():
 
     p = sub.add_parser("train", help="train a model from a config (resumes an interrupted run)")
     _add_config(p)
-    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="one line per epoch instead of a progress bar (the default when stdout is not a terminal)")
 
     p = sub.add_parser("evaluate", help="per-class table and a report with pictures")
     _add_config(p)
@@ -101,7 +103,9 @@ def _run(args):
         from kseg.config import load_config
         from kseg.train import train
 
-        result = train(load_config(args.config, args.overrides), verbose=2 if args.quiet else 1)
+        # a progress bar needs a terminal; in a log file Keras' bar drops the epoch's validation numbers
+        live = not args.quiet and sys.stdout.isatty()
+        result = train(load_config(args.config, args.overrides), verbose=1 if live else 2)
         name = {"val_mean_iou": "mIoU", "val_mask_ap": "mask AP"}[result["monitor"]]
         print(f"best val {name} {result['best_miou']:.4f}; run folder {result['run_dir']}")
     elif args.command == "evaluate":
@@ -138,6 +142,24 @@ def _run(args):
     return 0
 
 
+def _start_tensorflow(args):
+    """Loads TensorFlow for the commands that use it, with its start-up lines held back (``kseg.native_log``).
+
+    TensorFlow's INFO and WARNING lines are for its developers; a user of a command wants the command's output.
+    ``TF_CPP_MIN_LOG_LEVEL=0`` shows them. ``train`` leaves the devices uncreated: a multi-worker strategy must be
+    set up before they are.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.command == "run" or getattr(args, "action", None) == "formats":  # no TensorFlow in these
+        return
+    from kseg.native_log import held_native_output, import_tensorflow
+
+    tf = import_tensorflow()
+    if args.command != "train":
+        with held_native_output():  # CUDA probing: "failed call to cuInit" on a machine without a usable GPU
+            tf.config.list_logical_devices()
+
+
 def main(argv=None):
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -148,6 +170,7 @@ def main(argv=None):
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        _start_tensorflow(args)
         return _run(args)
     except KsegError as e:
         print(f"kseg {args.command}: error: {e}", file=sys.stderr)

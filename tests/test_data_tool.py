@@ -1,12 +1,14 @@
 """`kseg data formats | check | show`."""
 
+import io
+
 import cv2
 import numpy as np
 import pytest
 
 import data_fixtures as fx
 from kseg.cli import main
-from kseg.data.tool import check, data_config, split_names
+from kseg.data.tool import Progress, check, data_config, split_names
 
 ISSUE_FORMATS = ("folder voc sbd cityscapes isbi pascal_context coco coco_stuff ade20k stanford_background nyudv2 "
                  "sunrgbd sun3d scannet uwrgbd stanford2d3d shapenet_part sydney_urban nifti "
@@ -72,9 +74,20 @@ def test_check_reports_faults_of_rgbd_and_point_layouts(tmp_path):
 
 
 def test_progress_bar_on_long_scans(tmp_path, capsys):
+    # a terminal gets a live bar; a log file one line at the end, not a hundred carriage returns
     root, _ = fx.write_folder(tmp_path, n=24, masks="index")
     check(data_config(root, "folder", num_classes=3))
-    assert "checking all [" in capsys.readouterr().err
+    assert capsys.readouterr().err == "checking all: 24/24\n"
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    bar = Progress(24, "checking all", stream=Terminal())
+    for done in range(1, 25):
+        bar.update(done)
+    term = bar.stream.getvalue()
+    assert term.count("\r") == 24 and term.endswith("\rchecking all [" + "#" * 30 + "] 24/24\n")
 
 
 @pytest.mark.parametrize("fmt", ["voc", "nyudv2", "shapenet_part"])

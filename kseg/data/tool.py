@@ -123,15 +123,21 @@ def split_names(cfg):
 
 
 class Progress:
-    """A one-line progress bar on stderr for scans of more than ``min_total`` items."""
+    """A one-line progress bar on stderr for scans of more than ``min_total`` items; where stderr is not a
+    terminal (a log file, CI), one line at the end instead of a hundred carriage returns."""
 
     def __init__(self, total, label, min_total=20, stream=None, width=30):
         self.total, self.label, self.width = total, label, width
         self.stream = stream or sys.stderr
         self.active = total >= min_total
         self.step = max(1, total // 100)
+        self.live = getattr(self.stream, "isatty", lambda: False)()
 
     def update(self, done):
+        if self.active and not self.live:
+            if done == self.total:
+                self.stream.write(f"{self.label}: {done}/{self.total}\n")
+            return
         if self.active and (done % self.step == 0 or done == self.total):
             filled = self.width * done // self.total
             self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{self.total}")

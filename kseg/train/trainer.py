@@ -12,6 +12,7 @@ import tensorflow as tf
 from kseg.config import dump_config
 from kseg.errors import ConfigError
 from kseg.models.registry import inference_model
+from kseg.native_log import held_native_output
 from kseg.train.callbacks import Backup, Progress, Recorder, RunState, TimeBudget
 from kseg.train.distribute import adapt_model, build_strategy, is_chief
 from kseg.train.schedules import WarmupSchedule, build_optimizer
@@ -209,8 +210,11 @@ def train(cfg, verbose=1, callbacks=()):
 
     start = time.monotonic()
     t = cfg["train"]
-    # First: multi-worker collectives must be configured before TensorFlow runs anything.
-    strategy = build_strategy(t["strategy"])
+    # First: multi-worker collectives must be configured before TensorFlow runs anything. The devices exist from
+    # here on; TensorFlow's CUDA probing lines are held back when it was asked for warnings only (kseg.native_log).
+    with held_native_output():
+        strategy = build_strategy(t["strategy"])
+        tf.config.list_logical_devices()
     keras.utils.set_random_seed(t["seed"])
     chief = is_chief(strategy)
     run_dir = os.path.abspath(cfg["output"]["dir"])
