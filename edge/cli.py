@@ -15,6 +15,7 @@ Keys in the window: ``m`` next view (overlay / mask / side by side), ``s`` save 
 """
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
@@ -27,7 +28,7 @@ import numpy as np
 from edge.interpreter import limit_malloc_arenas, release_file_pages
 from edge.pipeline import Pipeline, latency_ms
 from edge.runtime import open_model
-from edge.sources import CaptureSource, Channel, open_source, start_stage
+from edge.sources import CV_LOG_ERROR, CaptureSource, Channel, open_source, opencv_log_level, start_stage
 from kseg import viz
 from kseg.errors import ConfigError, KsegError
 
@@ -35,7 +36,6 @@ MODES = ("overlay", "mask", "side")
 VIDEO_EXTENSIONS = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
 WINDOW = "kseg-edge"
 JPEG_QUALITY = 90  # of the frames of a written .avi (Motion JPEG)
-CV_LOG_ERROR = 2  # cv2.setLogLevel's level that keeps errors, drops warnings
 # OpenCV < 4.13 logs "Failed to write frame" for every pre-encoded frame it writes successfully (opencv PR 27737)
 _RAW_WRITE_WARNS = tuple(int(v) for v in cv2.__version__.split(".")[:2]) < (4, 13)
 
@@ -212,13 +212,9 @@ class Sink:
             self._video.write(view)
             return
         data = cv2.imencode(".jpg", view, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1]
-        level = cv2.getLogLevel()
-        if _RAW_WRITE_WARNS:  # only around the write: a camera's warnings stay visible
-            cv2.setLogLevel(min(level, CV_LOG_ERROR))
-        try:
+        # only around the write: a camera's warnings stay visible
+        with opencv_log_level(CV_LOG_ERROR) if _RAW_WRITE_WARNS else contextlib.nullcontext():
             self._video.write(data.reshape(1, -1))
-        finally:
-            cv2.setLogLevel(level)
 
 
 def open_video_writer(path, fourcc, fps, size):

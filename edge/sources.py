@@ -13,6 +13,7 @@ Example:
 """
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -66,6 +67,25 @@ def open_source(spec, reopen_attempts=5, reopen_delay=0.5):
     return CaptureSource(spec, live=False)
 
 
+CV_LOG_ERROR = 2  # cv2.setLogLevel's level that keeps errors, drops warnings
+_CV_LOG_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def opencv_log_level(level):
+    """OpenCV's log level lowered to ``level`` (never raised) while the block runs, unless the user chose one with
+    ``OPENCV_LOG_LEVEL``. The level is process-wide and the capture and writer threads both lower it: one block at
+    a time, so that neither restores the other's level."""
+    with _CV_LOG_LOCK:
+        old = cv2.getLogLevel()
+        if "OPENCV_LOG_LEVEL" not in os.environ:
+            cv2.setLogLevel(min(old, level))
+        try:
+            yield
+        finally:
+            cv2.setLogLevel(old)
+
+
 class CaptureSource:
     """Frames from ``cv2.VideoCapture`` (or a look-alike made by ``opener``).
 
@@ -87,8 +107,11 @@ class CaptureSource:
         self.fps = fps if 1.0 <= fps <= 240.0 else 30.0  # cameras and streams often report 0 or nonsense
 
     def _open(self):
+        # A camera that is not there makes each of OpenCV's backends log why; kseg-edge's own message (and the
+        # reopening log) says it once.
         try:
-            cap = self._opener(self.target)
+            with opencv_log_level(0):
+                cap = self._opener(self.target)
         except cv2.error:
             return None
         if cap.isOpened():

@@ -19,7 +19,7 @@ from edge import cli
 from edge.interpreter import load_interpreter, run_once
 from edge.pipeline import Pipeline
 from edge.runtime import Segmenter
-from edge.sources import CaptureSource, Channel, GeneratedSource, SourceError, open_source
+from edge.sources import CaptureSource, Channel, GeneratedSource, SourceError, open_source, opencv_log_level
 from kseg import viz
 from kseg.errors import ModelFileError
 
@@ -277,6 +277,19 @@ def test_camera_dropout_is_reopened_and_the_loop_goes_on(models, caplog):
                 seen.append(out.frame.index)
     assert seen == [0, 2, 3, 4, 5]  # frame 1 was broken; numbering goes on across the reopen
     assert "broken frame frame_000001 skipped" in caplog.text and "camera 0 reopened" in caplog.text
+
+
+def test_a_missing_camera_is_reported_in_one_line(capfd, monkeypatch):
+    # each of OpenCV's capture backends logs its own failure; kseg-edge says it once, unless OPENCV_LOG_LEVEL
+    # asks OpenCV to speak
+    monkeypatch.delenv("OPENCV_LOG_LEVEL", raising=False)
+    with pytest.raises(SourceError, match="cannot open source camera 99"):
+        CaptureSource(99, live=True)
+    assert capfd.readouterr().err == ""
+    level = cv2.getLogLevel()
+    monkeypatch.setenv("OPENCV_LOG_LEVEL", "INFO")
+    with opencv_log_level(0):
+        assert cv2.getLogLevel() == level
 
 
 def test_latest_only_channel_drops_stale_frames():
