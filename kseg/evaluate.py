@@ -111,7 +111,7 @@ def predictor(model_path, refine=None, tta="none"):
         option = probability_option(refine, tta)
         if option:
             raise ConfigError(f"{option}: takes the probabilities of a .keras model; "
-                              f"{model_path} is a .tflite model (evaluate its .keras source instead)")
+                              f"{model_path} is a .tflite model (use its .keras source instead)")
         from edge.runtime import Segmenter
 
         seg = Segmenter(model_path)

@@ -27,6 +27,7 @@ def predict(model_path, input_path, out_dir, alpha=0.5, verbose=True, refine=Non
             class_names=None, tta="none"):
     """Segment every image and write ``<name>_mask.png`` (class ids) and ``<name>_overlay.png``.
 
+    ``model_path``: a ``.keras`` model, or a semantic ``.tflite`` export (run by the edge runtime, as on the device).
     Images of any size are resized to the model's input and the mask is resized back (nearest). An unreadable
     image is reported and skipped; the others are still written. ``refine``: a refiner name from
     ``kseg.postprocess`` (e.g. ``"crf"``) applied to the model's probabilities and the resized image; ``tta``:
@@ -44,19 +45,23 @@ def predict(model_path, input_path, out_dir, alpha=0.5, verbose=True, refine=Non
     from kseg.saving import load_model
 
     refiner(refine)  # an unknown name fails before the model loads
-    model = load_model(model_path)
-    instance = is_instance_model(model)
-    option = probability_option(refine, tta)
-    if instance and option:
-        raise ConfigError(f"{option}: works on per-pixel class probabilities; {model_path} is an instance model")
-    if instance:
-        model = model.inference_model()  # the deployable graph, batch 1: what `kseg export` converts
-        segment = _instance_predictor(model, score_threshold)
-        class_names = class_names if class_names is not None else _run_class_names(model_path)
+    if os.fspath(model_path).endswith(".tflite"):
+        segment, colours = _tflite_predictor(model_path, input_path, out_dir, refine, tta)
+        instance, in_h, in_w = False, None, None  # the runtime resizes to its input and the mask back
     else:
-        segment = keras_predictor(model, refine, tta)
-    in_h, in_w = (int(d) if d is not None else None for d in model.inputs[0].shape[1:3])
-    colours = None if instance else viz.palette(int(model.outputs[0].shape[-1]))
+        model = load_model(model_path)
+        instance = is_instance_model(model)
+        option = probability_option(refine, tta)
+        if instance and option:
+            raise ConfigError(f"{option}: works on per-pixel class probabilities; {model_path} is an instance model")
+        if instance:
+            model = model.inference_model()  # the deployable graph, batch 1: what `kseg export` converts
+            segment = _instance_predictor(model, score_threshold)
+            class_names = class_names if class_names is not None else _run_class_names(model_path)
+        else:
+            segment = keras_predictor(model, refine, tta)
+        in_h, in_w = (int(d) if d is not None else None for d in model.inputs[0].shape[1:3])
+        colours = None if instance else viz.palette(int(model.outputs[0].shape[-1]))
     os.makedirs(out_dir, exist_ok=True)
     written, failed = [], []
     for path in _inputs(input_path):
@@ -84,6 +89,20 @@ def predict(model_path, input_path, out_dir, alpha=0.5, verbose=True, refine=Non
     if verbose:
         print(f"wrote {len(written)} masks and overlays to {out_dir}" + (f"; {len(failed)} skipped" if failed else ""))
     return written
+
+
+def _tflite_predictor(model_path, input_path, out_dir, refine, tta):
+    """``(segment, palette)`` of an exported semantic model, run by the edge runtime (``kseg.evaluate.predictor``),
+    as ``kseg evaluate --model`` scores it."""
+    from edge.runtime import read_metadata
+    from kseg.evaluate import predictor
+
+    meta = read_metadata(os.fspath(model_path))
+    if meta.get("output_kind") == "instance":
+        raise ConfigError(f"{model_path} is an exported instance model: draw its detections with "
+                          f"`kseg-edge run {model_path} --source {input_path} --headless --out {out_dir}`, or "
+                          "predict with its .keras source")
+    return predictor(model_path, refine, tta), meta.get("palette")
 
 
 def _run_class_names(model_path):

@@ -95,6 +95,16 @@ def test_export_int8_matches_keras_and_runs_on_edge(trained, tmp_path, capsys):
     cv2.imwrite(str(frames / "f.png"), np.full((48, 64, 3), 128, np.uint8))
     assert main(["run", str(tflite), "--source", str(frames), "--out", str(tmp_path / "views"), "--headless"]) == 0
     assert os.listdir(tmp_path / "views")
+    # `kseg predict` takes the exported file too (run by the edge runtime) and agrees with the .keras model
+    from kseg.evaluate import uint8_samples
+
+    image = next(uint8_samples(load_config(path)["data"], "val"))[0]
+    cv2.imwrite(str(frames / "f.png"), cv2.cvtColor(cv2.resize(image, (90, 70)), cv2.COLOR_RGB2BGR))
+    masks = []
+    for model in (tflite, root / "run" / "best.keras"):
+        assert main(["predict", str(model), str(frames), "--out", str(tmp_path / model.suffix[1:])]) == 0
+        masks.append(cv2.imread(str(tmp_path / model.suffix[1:] / "f_mask.png"), cv2.IMREAD_UNCHANGED))
+    assert masks[0].shape == (70, 90) and (masks[0] == masks[1]).mean() > 0.9
 
 
 def test_errors_are_one_line_without_traceback(tmp_path):

@@ -321,3 +321,6 @@ def test_train_resume_evaluate_predict_export_and_edge_run_through_the_cli(tmp_p
     assert edge_cli.main(["run", tflite, "--source", video, "--headless", "--out", str(tmp_path / "views"),
                           "--score-threshold", "0"]) == 0
     assert len(list((tmp_path / "views").iterdir())) == 4
+    # `kseg predict` runs exported semantic models; for an exported detector it names the command that draws it
+    assert main(["predict", tflite, str(images), "--out", str(tmp_path / "pred-lite")]) == 2
+    assert "kseg-edge run" in capsys.readouterr().err
