@@ -170,6 +170,15 @@ def instance_detector(model_path):
     return lambda image: _numpy(net.predict_on_batch(image[None].astype(np.float32)))
 
 
+def _run_model(run_dir):
+    """The ``best.keras`` of the config's run folder, the model to score when none is given."""
+    path = os.path.join(run_dir, "best.keras")
+    if not os.path.isfile(path):
+        raise ConfigError(f"no --model given and the config's run folder {run_dir} holds no best.keras: train it "
+                          "first (kseg train CONFIG), set output.dir=RUN_FOLDER, or pass --model")
+    return path
+
+
 def evaluate_instances(cfg, model_path=None, split="val", out_dir=None, num_samples=8, verbose=True,
                        score_threshold=0.5):
     """Score an instance model on ``split`` (COCO mask AP over every detection) and write the report: ``metrics.json``
@@ -184,7 +193,7 @@ def evaluate_instances(cfg, model_path=None, split="val", out_dir=None, num_samp
 
     data_cfg = cfg["data"]
     run_dir = cfg["output"]["dir"]
-    model_path = model_path or os.path.join(run_dir, "best.keras")
+    model_path = model_path or _run_model(run_dir)
     out_dir = out_dir or os.path.join(run_dir, f"report-{split}")
     names = instance_class_names(data_cfg)
     detect = instance_detector(model_path)
@@ -245,7 +254,7 @@ def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, ver
 
     data_cfg = cfg["data"]
     run_dir = cfg["output"]["dir"]
-    model_path = model_path or os.path.join(run_dir, "best.keras")
+    model_path = model_path or _run_model(run_dir)
     out_dir = out_dir or os.path.join(run_dir, f"report-{split}")
     num_classes, ignore = int(data_cfg["num_classes"]), int(data_cfg["ignore_index"])
     info = dataset_info(data_cfg)

@@ -57,6 +57,12 @@ def test_evaluate_writes_report_with_pictures(trained, capsys):
     assert json.loads((root / "report-tta" / "metrics.json").read_text())["tta"] == "flip"
 
 
+def test_evaluate_before_training_says_what_to_do(trained, tmp_path, capsys):
+    _, path = trained
+    assert main(["evaluate", str(path), f"output.dir={tmp_path / 'never-trained'}"]) == 2
+    assert "holds no best.keras: train it first" in capsys.readouterr().err
+
+
 def test_predict_folder_writes_masks_and_skips_bad_files(trained, tmp_path, capsys):
     root, _ = trained
     images = tmp_path / "in"
