@@ -28,11 +28,17 @@ def held_native_output(fds=(1, 2)):
     file: dropped when the block succeeds, written back when it raises, since it then may explain the failure.
     Does nothing unless :func:`quiet_requested`.
     """
-    if not quiet_requested():
+    held = None
+    if quiet_requested():
+        try:
+            held = tempfile.TemporaryFile()
+        except OSError:  # no writable temporary folder (a read-only device image): better chatty than broken
+            pass
+    if held is None:
         yield
         return
     saved = []
-    with tempfile.TemporaryFile() as held:
+    with held:
         _flush()
         try:
             for fd in fds:
