@@ -19,7 +19,7 @@ from kseg.config import load_config
 from kseg.data import build_dataset, num_samples
 from kseg.errors import ConfigError, DataError
 from kseg.losses import build_loss
-from kseg.train import callbacks, evaluate_model, train
+from kseg.train import callbacks, evaluate_model, train, trainer
 from kseg.train.schedules import WarmupSchedule
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -144,6 +144,19 @@ def test_ctrl_c_keeps_the_backup_and_says_how_to_resume(tmp_path, shapes, capsys
     err = capsys.readouterr().err
     assert "epoch 1, step 2 (global step 2)" in err and "run the same command again to resume" in err
     assert os.path.exists(os.path.join(cfg["output"]["dir"], "backup", "ckpt-2.weights.h5"))
+
+
+def test_a_run_folder_in_training_is_refused_until_freed(tmp_path, shapes):
+    # the same command in a second terminal would overwrite the first one's backups; flock conflicts between two
+    # opens of the file within one process too, so this process stands in for the other one
+    _, cfg = make_config(tmp_path, shapes, epochs=1, steps_per_epoch=2)
+    held = trainer._lock_run_dir(cfg["output"]["dir"])
+    try:
+        with pytest.raises(ConfigError, match=rf"is being trained by process {os.getpid()} on .+: wait for it"):
+            train(cfg, verbose=0)
+    finally:
+        held.close()
+    assert train(cfg, verbose=0)["steps"] == 2
 
 
 def test_time_budget_stops_cleanly(tmp_path, shapes):

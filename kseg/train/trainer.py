@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import socket
 import sys
 import time
 
@@ -188,7 +189,7 @@ def train(cfg, verbose=1, callbacks=()):
     epoch), ``best.keras`` (best validation mIoU; instance models: best COCO mask AP), ``last.keras``, TensorBoard
     logs in ``logs/`` and, while the run is unfinished, ``backup/``. Running the same config again after an
     interruption (Ctrl-C, a kill, a crash) continues from the last backup, mid-epoch included, with the best score so
-    far; a finished run starts over.
+    far; a finished run starts over. While a run trains, its ``.lock`` keeps a second training out of the folder.
 
     Args:
         cfg: resolved config.
@@ -229,6 +230,7 @@ def train(cfg, verbose=1, callbacks=()):
     val_ds = _shard(val_ds, tf.data.experimental.AutoShardPolicy.OFF)
     planned = t["epochs"] * steps_per_epoch
 
+    lock = _lock_run_dir(run_dir) if chief else None
     policy = keras.mixed_precision.global_policy()
     if t["mixed_precision"]:
         keras.mixed_precision.set_global_policy(mixed_policy(t["mixed_precision"]))
@@ -294,6 +296,8 @@ def train(cfg, verbose=1, callbacks=()):
         backup.delete()
     finally:
         keras.mixed_precision.set_global_policy(policy)
+        if lock is not None:
+            lock.close()
 
     return {
         "run_dir": run_dir,
@@ -309,6 +313,33 @@ def train(cfg, verbose=1, callbacks=()):
         "resumed_from": resumed_from,
         "stopped_by_budget": bool(budget and budget.stopped),
     }
+
+
+def _lock_run_dir(run_dir):
+    """An exclusive lock on the run folder, held until ``close()`` or the process's end, however it ends: two
+    trainings in one folder (the same command in two terminals) would overwrite each other's backups. ``None``
+    where the file system or the OS has no ``flock`` (Windows, some network mounts)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    os.makedirs(run_dir, exist_ok=True)
+    f = open(os.path.join(run_dir, ".lock"), "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        owner = f.read().strip() or "another process"
+        f.close()
+        raise ConfigError(f"{run_dir} is being trained by {owner}: wait for it to end, or train into another "
+                          "folder (output.dir=...)") from None
+    except OSError:
+        f.close()
+        return None
+    f.truncate(0)
+    f.write(f"process {os.getpid()} on {socket.gethostname()}")
+    f.flush()
+    return f
 
 
 def _tensorboard(log_dir, verbose):
