@@ -223,9 +223,11 @@ class _FrameModel:
     def _to_input(self, image):
         dtype = self.input_details["dtype"]
         scale, zero = self.input_details["quantization"]
-        direct = self._offset is None and dtype == np.uint8 and abs(scale - 1.0) < 1e-3 and zero == 0
-        if direct:  # the kseg int8 contract: camera bytes go straight in
-            return image
+        if self._offset is None and abs(scale - 1.0) < 1e-3:
+            if dtype == np.uint8 and zero == 0:  # the kseg int8 contract: camera bytes go straight in
+                return image
+            if dtype == np.int8 and zero == -128:  # `--io int8`: byte - 128, which flipping the top bit is
+                return (image ^ np.uint8(0x80)).view(np.int8)
         x = image.astype(np.float32)
         if self._offset is not None:
             x = (x - self._offset) / self._scale
