@@ -154,7 +154,11 @@ def _start_tensorflow(args):
         return
     from kseg.native_log import held_native_output, import_tensorflow
 
-    tf = import_tensorflow()
+    try:
+        tf = import_tensorflow()
+    except ImportError as e:  # an edge-only install (numpy, OpenCV, LiteRT)
+        raise ConfigError(f"kseg {args.command} needs TensorFlow ({e}): pip install 'kseg[train,export]'; "
+                          "on a device, kseg-edge runs exported models without it") from None
     if args.command != "train":
         with held_native_output():  # CUDA probing: "failed call to cuInit" on a machine without a usable GPU
             tf.config.list_logical_devices()

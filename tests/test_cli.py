@@ -159,3 +159,16 @@ def test_train_shows_a_progress_bar_only_on_a_terminal(monkeypatch, tmp_path, tt
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", str(tmp_path / "c.yaml"), *(["--quiet"] if quiet else [])]) == 0
     assert seen["verbose"] == verbose
+
+
+def test_a_command_without_tensorflow_says_what_to_install(monkeypatch, capsys):
+    # an edge-only install has `kseg` too; its training commands must say what is missing, not raise ImportError
+    import kseg.native_log
+
+    def missing():
+        raise ImportError("No module named 'tensorflow'")
+
+    monkeypatch.setattr(kseg.native_log, "import_tensorflow", missing)
+    assert main(["predict", "m.keras", "img.png"]) == 2
+    err = capsys.readouterr().err
+    assert "needs TensorFlow" in err and "pip install 'kseg[train,export]'" in err
