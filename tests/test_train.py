@@ -68,7 +68,8 @@ def test_tiny_run_learns_and_writes_the_run_folder(tmp_path, shapes):
     _, cfg = make_config(tmp_path, shapes, "train.optimizer.lr=3e-3", "train.schedule=constant", epochs=3)
     result = train(cfg, verbose=0)
     run_dir = result["run_dir"]
-    assert sorted(os.listdir(run_dir)) == ["best.keras", "history.csv", "last.keras", "logs", "run.yaml"]
+    # .lock: the flock that keeps a second training out while this one runs (the file stays, unlocked)
+    assert sorted(os.listdir(run_dir)) == [".lock", "best.keras", "history.csv", "last.keras", "logs", "run.yaml"]
     assert load_config(os.path.join(run_dir, "run.yaml")) == cfg
     rows = read_history(run_dir)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and [int(r["step"]) for r in rows] == [4, 8, 12]
