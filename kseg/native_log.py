@@ -30,10 +30,9 @@ def held_native_output(fds=(1, 2)):
     """
     held = None
     if quiet_requested():
-        try:
+        # no writable temporary folder (a read-only device image): better chatty than broken
+        with contextlib.suppress(OSError):
             held = tempfile.TemporaryFile()
-        except OSError:  # no writable temporary folder (a read-only device image): better chatty than broken
-            pass
     if held is None:
         yield
         return
