@@ -11,8 +11,9 @@ threads and 640x480 and 1280x720 frames:
 
 For every row ``kseg-edge bench`` prints the bare invoke rate, a plain sequential OpenCV loop (decode, segment,
 overlay, write: the peer loop), the threaded pipeline exactly as ``kseg-edge run --headless --out`` drives it, and
-the same fed live (paced at 30 FPS, latest frame only) for capture-to-output latency. Then the peak RSS of a
-``kseg-edge run`` process on the int8 model, beside that of a process that only imports TensorFlow.
+the same fed live (paced at 30 FPS, latest frame only) for capture-to-output latency; with 2 threads, also the
+pipeline with two 1-thread interpreters (``--workers 2 --threads 1``). Then the peak RSS of a ``kseg-edge run``
+process on the int8 model, beside that of a process that only imports TensorFlow.
 
 Usage:
     .venv/bin/python benchmarks/edge.py [--frames 200] [--mediapipe PATH] [--out runs/bench-edge]
@@ -92,25 +93,37 @@ def main(argv=None):
         lines.append(f"MediaPipe peer skipped: {args.mediapipe} not found; fetch it with: {FETCH_PEER}\n")
 
     lines += ["| model | frame | threads | invoke FPS | sequential loop (ratio) | kseg-edge pipeline (ratio) | "
-              "live FPS | live latency p50 / p90 (ms) |", "|---|---|---|---|---|---|---|---|"]
+              "live FPS | live latency p50 / p90 (ms) | pipeline, `--workers N --threads 1` (ratio) | "
+              "its live latency p50 / p90 (ms) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for title, path, flags in models:
         out, rows = bench(path, flags, args.frames)
         print(out)
         by = {(r[0], r[1], r[2]): r for r in rows}
+
+        def fps(frame, threads, stage):
+            r = by.get((frame, threads, stage))
+            return f"{float(r[5]):.1f} ({float(r[6]):.2f})" if r else "-"
+
+        def latency(frame, threads, stage):
+            r = by.get((frame, threads, stage))
+            return f"{float(r[3]):.1f} / {float(r[4]):.1f}" if r else "-"
+
         for frame, threads in sorted({(r[0], r[1]) for r in rows}, key=lambda k: (int(k[0].split("x")[0]), k[1])):
-            inv, seq, pipe, live = (by[(frame, threads, s)] for s in ("invoke", "sequential", "pipeline", "live"))
-            lines.append(f"| {title} | {frame} | {threads} | {float(inv[5]):.1f} | {float(seq[5]):.1f} "
-                         f"({float(seq[6]):.2f}) | {float(pipe[5]):.1f} ({float(pipe[6]):.2f}) | {float(live[5]):.1f} "
-                         f"| {float(live[3]):.1f} / {float(live[4]):.1f} |")
+            lines.append(f"| {title} | {frame} | {threads} | {float(by[(frame, threads, 'invoke')][5]):.1f} | "
+                         f"{fps(frame, threads, 'sequential')} | {fps(frame, threads, 'pipeline')} | "
+                         f"{float(by[(frame, threads, 'live')][5]):.1f} | {latency(frame, threads, 'live')} | "
+                         f"{fps(frame, threads, 'workers')} | {latency(frame, threads, 'wlive')} |")
 
     video = os.path.join(args.out, "clip.avi")
     from edge.cli import write_bench_video
 
     write_bench_video(video, (640, 480), 300)
-    run = [sys.executable, "-m", "edge.cli", "run", zoo, "--source", video, "--headless", "--threads", "2",
+    run = [sys.executable, "-m", "edge.cli", "run", zoo, "--source", video, "--headless",
            "--out", os.path.join(args.out, "run.avi")]
     lines += ["", f"peak RSS of `kseg-edge run` (int8 DeepLabV3+ MobileNetV2 256x256, 640x480 video, 2 threads): "
-                  f"{peak_rss_mb(run):.0f} MB; of a process that only imports TensorFlow: "
+                  f"{peak_rss_mb([*run, '--threads', '2']):.0f} MB; with `--workers 2 --threads 1`: "
+                  f"{peak_rss_mb([*run, '--threads', '1', '--workers', '2']):.0f} MB; "
+                  "of a process that only imports TensorFlow: "
                   f"{peak_rss_mb([sys.executable, '-c', 'import tensorflow']):.0f} MB",
               f"load average at the end {os.getloadavg()[0]:.2f}"]
     report = "\n".join(lines) + "\n"

@@ -90,24 +90,37 @@ def _parser():
     run.add_argument("--source", required=True, help="camera index, rtsp/http URL, video file, image or folder")
     run.add_argument("--out", help="write the views: a video (.mp4 .avi .mkv .mov) or a folder of PNGs")
     run.add_argument("--headless", action="store_true", help="no window (on a device without a display)")
-    run.add_argument("--threads", type=int, help="interpreter threads (default: LiteRT decides)")
+    run.add_argument("--threads", type=_positive, help="interpreter threads (default: LiteRT decides)")
+    run.add_argument("--workers", type=_positive, default=1,
+                     help="interpreters, each segmenting its own frame (default 1); on a CPU, --workers 2 "
+                          "--threads 1 gets through more frames than --threads 2 (docs/edge.md)")
     run.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     run.add_argument("--mode", choices=MODES, default="overlay", help="first view; key m cycles them")
     run.add_argument("--smooth", type=float, default=0.0, help="EMA weight of past frames' scores, [0, 1)")
     run.add_argument("--realtime", action="store_true",
                      help="play a video file at its frame rate and drop frames inference cannot keep up with "
                           "(default for files: process every frame)")
-    run.add_argument("--max-frames", type=int, help="stop after this many frames")
+    run.add_argument("--max-frames", type=_positive, help="stop after this many frames")
     run.set_defaults(func=_run)
 
     bench = sub.add_parser("bench", help="latency and FPS of invoke alone and of the whole pipeline")
     model_args(bench)
-    bench.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts to compare")
-    bench.add_argument("--frames", type=int, default=200, help="frames per measurement (default 200)")
+    bench.add_argument("--threads", type=_positive, nargs="+", default=[1], help="thread counts to compare")
+    bench.add_argument("--frames", type=_positive, default=200, help="frames per measurement (default 200)")
     bench.add_argument("--size", type=_size, nargs="+", default=[(640, 480)],
                        help="generated frame sizes WxH (default 640x480)")
     bench.set_defaults(func=_bench)
     return p
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _size(text):
@@ -175,7 +188,7 @@ class Sink:
         except OSError as e:
             raise OutputError(f"cannot create output folder {folder}: {e.strerror}") from None
         self._queue, self._status = Channel(keep_all=True), Channel()
-        self._thread = start_stage("kseg-write", self._drain, None, self._status)
+        (self._thread,) = start_stage("kseg-write", self._drain, None, self._status)
 
     def write(self, name, view):
         """Queue ``view`` (not to be modified afterwards) for writing as ``name``."""
@@ -260,6 +273,8 @@ class Meter:
 
 
 def _run(args):
+    if args.workers > 1 and args.edgetpu:
+        raise ConfigError("--workers needs the CPU: one EdgeTPU runs one interpreter at a time (drop --workers)")
     segmenter = _segmenter(args, args.threads, args.smooth)
     source = open_source(args.source)
     sink = Sink(args.out, source.fps) if args.out else None
@@ -267,7 +282,8 @@ def _run(args):
         _open_window()
     meter, dropped = Meter(), 0
     try:
-        with Pipeline(source, segmenter, keep_all=False if args.realtime else None, pace=args.realtime) as pipe:
+        with Pipeline(source, segmenter, keep_all=False if args.realtime else None, pace=args.realtime,
+                      workers=args.workers) as pipe:
             try:  # Ctrl-C ends the run like q: the video is finalised and the stats printed
                 _loop(pipe, segmenter, sink, meter, args)
             except KeyboardInterrupt:
@@ -321,7 +337,9 @@ def _show(view):
 def _bench(args):
     """Per frame size and thread count: bare invoke, a plain sequential OpenCV loop (the peer), the threaded
     pipeline exactly as ``run --headless --out`` drives it (decode, pre-process, invoke, post-process, overlay,
-    write) and the same fed live (frames paced at 30 FPS, latest only) for capture-to-output latency."""
+    write) and the same fed live (frames paced at 30 FPS, latest only) for capture-to-output latency. With N > 1
+    threads, also ``workers`` / ``wlive``: the pipeline with N 1-thread interpreters (``run --workers N --threads
+    1``), against the same N-thread invoke rate."""
     import tempfile
 
     print(f"model {args.model}  {args.frames} frames per row; ratio = FPS / bare invoke FPS; latency = capture to "
@@ -338,11 +356,16 @@ def _bench(args):
                 row("invoke", times, invoke_fps, invoke_fps)
                 fps, lat = _sequential(segmenter, video, os.path.join(tmp, "seq.avi"))
                 row("sequential", lat, fps, invoke_fps)
-                for live in (False, True):
-                    fps, lat, dropped = _threaded(segmenter, video, os.path.join(tmp, "out.avi"), live)
-                    note = (f"  latency p50 {np.percentile(lat, 50) * fps / 1e3:.2f} / p90 "
-                            f"{np.percentile(lat, 90) * fps / 1e3:.2f} intervals, {dropped} dropped") if live else ""
-                    row("live" if live else "pipeline", lat, fps, invoke_fps, note)
+                # with several threads: also as many 1-thread interpreters, each on its own frame (--workers)
+                for workers in (1, threads) if threads > 1 else (1,):
+                    model = segmenter if workers == 1 else _segmenter(args, 1)
+                    for live in (False, True):
+                        fps, lat, dropped = _threaded(model, video, os.path.join(tmp, "out.avi"), live, workers)
+                        note = (f"  latency p50 {np.percentile(lat, 50) * fps / 1e3:.2f} / p90 "
+                                f"{np.percentile(lat, 90) * fps / 1e3:.2f} intervals, {dropped} dropped"
+                                if live else "")
+                        stage = ("live" if live else "pipeline") if workers == 1 else ("wlive" if live else "workers")
+                        row(stage, lat, fps, invoke_fps, note)
     print(f"peak RSS {_peak_rss_mb():.0f} MB")
     return 0
 
@@ -409,11 +432,11 @@ def _sequential(segmenter, video, out):
     return len(latencies) / wall, latencies
 
 
-def _threaded(segmenter, video, out, live):
+def _threaded(segmenter, video, out, live, workers=1):
     """What ``run --headless --out`` does; ``live`` paces the file at its frame rate, latest frame only."""
     opts = argparse.Namespace(mode="overlay", alpha=0.5, headless=True, max_frames=None)
     sink, meter = Sink(out, 30.0), Meter()
-    with Pipeline(CaptureSource(video, live=False), segmenter, keep_all=not live, pace=live) as pipe:
+    with Pipeline(CaptureSource(video, live=False), segmenter, keep_all=not live, pace=live, workers=workers) as pipe:
         _loop(pipe, segmenter, sink, meter, opts)
         dropped = pipe.dropped
     sink.close()

@@ -13,6 +13,7 @@ Example:
     True
 """
 
+import copy
 import dataclasses
 import json
 import mmap
@@ -166,7 +167,7 @@ class _FrameModel:
     def __init__(self, model_path, meta, num_threads, edgetpu, resize, normalization):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-        self.model_path = model_path
+        self.model_path, self.num_threads, self.edgetpu = model_path, num_threads, edgetpu
         self.interpreter = load_interpreter(model_path, num_threads=num_threads, edgetpu=edgetpu)
         self.input_details = self.interpreter.get_input_details()[0]
         in_shape = self.input_details["shape"]
@@ -179,6 +180,15 @@ class _FrameModel:
         self.resize = resize
         self._offset, self._scale = _normalization(
             normalization if normalization is not None else meta.get("normalization", "raw"), model_path)
+
+    def replica(self):
+        """A copy with its own interpreter, for a second inference thread (an interpreter runs one invoke at a time;
+        everything else is shared). A Coral runs one model instance, so an EdgeTPU model has no replicas."""
+        if self.edgetpu:
+            raise ValueError("one EdgeTPU runs one interpreter at a time: use a single worker with --edgetpu")
+        twin = copy.copy(self)
+        twin.interpreter = load_interpreter(self.model_path, num_threads=self.num_threads)
+        return twin
 
     def segment(self, frame, rgb=False):
         """Segment one frame.

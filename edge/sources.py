@@ -270,26 +270,41 @@ class Channel:
 def start_stage(name, work, inbox, outbox):
     """Run ``work`` in a daemon thread: ``work(outbox)`` for a producer (``inbox=None``), else
     ``outbox.put(work(item))`` for each item from ``inbox``. Closes ``outbox`` at the end, passing an error on
-    (and closes ``inbox`` so the stage before stops too)."""
+    (and closes ``inbox`` so the stage before stops too).
 
-    def loop():
+    A list of callables runs one thread each, all taking from ``inbox`` (parallel workers, e.g. one interpreter
+    each); ``outbox`` closes when the last of them ends, or at once on an error. Returns the threads.
+    """
+    works = list(work) if isinstance(work, (list, tuple)) else [work]
+    lock, running = threading.Lock(), [len(works)]
+
+    def finish(error=None):
+        with lock:
+            running[0] -= 1
+            last = running[0] == 0
+        if error is not None or last:
+            outbox.close(error)
+
+    def loop(fn):
         try:
             if inbox is None:
-                work(outbox)
+                fn(outbox)
             else:
                 while (item := inbox.get()) is not None:
-                    if not outbox.put(work(item)):
+                    if not outbox.put(fn(item)):
                         break
-            outbox.close()
+            finish()
         except BaseException as e:  # handed to the consuming thread, which re-raises it
-            outbox.close(e)
+            finish(e)
         finally:
             if inbox is not None:
                 inbox.close()
 
-    thread = threading.Thread(target=loop, name=name, daemon=True)
-    thread.start()
-    return thread
+    threads = [threading.Thread(target=loop, args=(fn,), name=name if len(works) == 1 else f"{name}-{i}", daemon=True)
+               for i, fn in enumerate(works)]
+    for thread in threads:
+        thread.start()
+    return threads
 
 
 class ThreadedReader:
@@ -309,7 +324,7 @@ class ThreadedReader:
         keep_all = not source.live if keep_all is None else keep_all
         self.channel = Channel(keep_all=keep_all)
         self._pace = pace and not keep_all and not source.live
-        self._thread = start_stage("kseg-capture", self._read, None, self.channel)
+        (self._thread,) = start_stage("kseg-capture", self._read, None, self.channel)
 
     def _read(self, outbox):
         start = time.perf_counter()

@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -324,8 +326,6 @@ def test_pipeline_splits_the_work_over_threads_and_matches_segment(models):
     """Pre-processing runs in its own thread, the inference thread only invokes, and the argmax / resize back runs
     in the consuming thread; masks (with temporal smoothing, whose state follows the frame order) equal those of
     ``Segmenter.segment`` frame by frame."""
-    import threading
-
     frames = [np.random.default_rng(i).integers(0, 256, (*FRAME, 3), dtype=np.uint8) for i in range(6)]
     reference = Segmenter(models["int8"], smoothing=0.5)
     expected = [reference.segment(f).mask for f in frames]
@@ -342,6 +342,76 @@ def test_pipeline_splits_the_work_over_threads_and_matches_segment(models):
     for out, mask in zip(outputs, expected, strict=True):
         np.testing.assert_array_equal(out.result.mask, mask)
         assert set(out.result.timings) == {"pre", "invoke", "post"}
+
+
+def _slow_on_black(segmenter, delay, threads=None):
+    """``segmenter`` whose invoke of an all-black input takes ``delay`` seconds longer, and whose replicas do
+    the same; ``threads`` collects the names of the threads that invoked."""
+    threads, invoke = set() if threads is None else threads, segmenter.invoke
+
+    def slow(x):
+        threads.add(threading.current_thread().name)
+        if not x.any():
+            time.sleep(delay)
+        return invoke(x)
+
+    segmenter.invoke = slow
+    segmenter.replica = lambda: _slow_on_black(Segmenter(segmenter.model_path, smoothing=segmenter.smoothing),
+                                               delay, threads)[0]
+    return segmenter, threads
+
+
+def test_workers_segment_frames_in_parallel_and_keep_their_order(models):
+    """Two interpreters take frames in turn; a frame that takes longer (the black one) does not overtake or get
+    overtaken in the output, and the smoothing state follows the frame order: masks equal ``segment``'s."""
+    frames = [np.random.default_rng(i).integers(0, 256, (*FRAME, 3), dtype=np.uint8) for i in range(8)]
+    frames[1][:] = 0
+    reference = Segmenter(models["int8"], smoothing=0.5)
+    expected = [reference.segment(f).mask for f in frames]
+    seg, threads = _slow_on_black(Segmenter(models["int8"], smoothing=0.5), delay=0.3)
+    with Pipeline(GeneratedSource(lambda i: frames[i], count=len(frames)), seg, workers=2) as pipe:
+        outputs = list(pipe)
+    assert [out.frame.index for out in outputs] == list(range(len(frames)))
+    for out, mask in zip(outputs, expected, strict=True):
+        np.testing.assert_array_equal(out.result.mask, mask)
+    assert threads == {"kseg-infer-0", "kseg-infer-1"}
+
+
+def test_live_workers_drop_a_frame_overtaken_in_inference(models):
+    """Live: a frame that comes out of inference after a later one was shown is dropped (and counted), so the
+    view never steps back in time."""
+    frames = [np.full((*FRAME, 3), 0 if i == 0 else 100, np.uint8) for i in range(30)]
+
+    def slow_camera(i):
+        time.sleep(0.02)  # one frame at a time reaches the workers: frame 0 is not replaced before one takes it
+        return frames[i]
+
+    source = GeneratedSource(slow_camera, count=len(frames))
+    source.live = True
+    seg, _ = _slow_on_black(Segmenter(models["int8"]), delay=0.3)
+    with Pipeline(source, seg, workers=2) as pipe:
+        indices = [out.frame.index for out in pipe]
+    assert indices == sorted(indices) and 0 not in indices and indices[-1] == len(frames) - 1
+    assert len(indices) + pipe.dropped == len(frames)
+
+
+def test_replica_has_its_own_interpreter_and_the_same_output(models):
+    seg = Segmenter(models["int8"])
+    twin = seg.replica()
+    x, _ = seg.preprocess(np.random.default_rng(0).integers(0, 256, (*FRAME, 3), dtype=np.uint8))
+    assert twin.interpreter is not seg.interpreter
+    np.testing.assert_array_equal(twin.invoke(x), seg.invoke(x))
+
+
+def test_workers_need_a_cpu_interpreter(models, video, capsys):
+    edgetpu = Segmenter(models["int8"])
+    edgetpu.edgetpu = True  # as if the Coral delegate had loaded
+    with pytest.raises(ValueError, match="one EdgeTPU runs one interpreter"):
+        edgetpu.replica()
+    with pytest.raises(ValueError, match="at least 1"):
+        Pipeline(GeneratedSource(lambda i: None, count=0), Segmenter(models["int8"]), workers=0)
+    assert cli.main(["run", models["int8"], "--source", video, "--headless", "--edgetpu", "--workers", "2"]) == 2
+    assert "--workers needs the CPU" in capsys.readouterr().err
 
 
 def test_sink_writes_in_order_and_reports_a_failed_write(tmp_path, monkeypatch):
@@ -403,9 +473,10 @@ def test_cli_bench_prints_every_stage_with_its_ratio_to_invoke(models, capsys):
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if re.match(r"\s+\d+x\d+\s", line)]
-    stages = ("invoke", "sequential", "pipeline", "live")
+    stages = {"1": ("invoke", "sequential", "pipeline", "live"),
+              "2": ("invoke", "sequential", "pipeline", "live", "workers", "wlive")}
     assert [(r[0], r[1], r[2]) for r in rows] == [
-        (size, threads, stage) for size in ("64x48", "80x60") for threads in ("1", "2") for stage in stages]
+        (size, threads, stage) for size in ("64x48", "80x60") for threads in ("1", "2") for stage in stages[threads]]
     invoke_fps = {(r[0], r[1]): float(r[5]) for r in rows if r[2] == "invoke"}
     for r in rows:
         p50, p90, fps, ratio = map(float, r[3:7])
