@@ -308,7 +308,7 @@ class Segmenter(_FrameModel):
         if self.num_classes == 1:
             ids = (scores[..., 0] > self._threshold).astype(np.uint8)
         else:
-            ids = np.argmax(scores, axis=-1).astype(np.uint8 if self.num_classes <= 256 else np.int32)
+            ids = class_ids(scores)
         if box is not None:
             top, left, nh, nw = box
             ids = ids[top:top + nh, left:left + nw]
@@ -430,6 +430,27 @@ class InstanceSegmenter(_FrameModel):
 
     def reset(self):
         """Nothing carries over between frames of an instance model."""
+
+
+def class_ids(scores):
+    """``np.argmax(scores, axis=-1)``: uint8 for up to 256 classes, else int32; the first of equal scores wins.
+
+    8-bit scores (an int8 model's raw output) go through one plane per class and OpenCV's vector compare, since
+    numpy reduces each pixel's short row of classes on its own: 0.8 against 2.2 ms for 21 classes at 256x256 on
+    this project's host, 0.03 against 0.5 ms for two (docs/edge.md). OpenCV's split of float planes is slower than
+    numpy, so float scores stay with numpy.
+    """
+    num_classes = scores.shape[-1]
+    if scores.dtype not in (np.int8, np.uint8) or num_classes > 256:
+        return np.argmax(scores, axis=-1).astype(np.uint8 if num_classes <= 256 else np.int32)
+    planes = cv2.split(scores)
+    best, ids, fill = planes[0].copy(), np.zeros(scores.shape[:2], np.uint8), np.empty(scores.shape[:2], np.uint8)
+    for c in range(1, num_classes):
+        better = cv2.compare(planes[c], best, cv2.CMP_GT)
+        cv2.max(best, planes[c], dst=best)
+        fill.fill(c)
+        cv2.copyTo(fill, better, ids)
+    return ids
 
 
 def _dequantize(value, details):

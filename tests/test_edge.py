@@ -20,7 +20,7 @@ import pytest
 from edge import cli
 from edge.interpreter import load_interpreter, run_once
 from edge.pipeline import Pipeline
-from edge.runtime import Segmenter
+from edge.runtime import Segmenter, class_ids
 from edge.sources import CaptureSource, Channel, GeneratedSource, SourceError, open_source, opencv_log_level
 from kseg import viz
 from kseg.errors import ModelFileError
@@ -141,6 +141,17 @@ def test_one_channel_output_is_thresholded(models, tmp_path, output_kind, thresh
     expected = scores > threshold
     assert 0 < expected.mean() < 1
     np.testing.assert_array_equal(seg.segment(frame).mask, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.float32])
+@pytest.mark.parametrize("num_classes", [2, 21, 256, 300])
+def test_class_ids_equal_numpy_argmax_ties_included(dtype, num_classes):
+    low = 0 if dtype == np.uint8 else -3
+    scores = np.random.default_rng(num_classes).integers(low, low + 5, (19, 23, num_classes)).astype(dtype)
+    for view in (scores, scores[2:15, 3:17]):  # the letterbox crop is a strided view
+        ids = class_ids(view)
+        np.testing.assert_array_equal(ids, np.argmax(view, axis=-1))
+        assert ids.dtype == (np.uint8 if num_classes <= 256 else np.int32)
 
 
 def test_smoothing_is_ema_of_scores(models):
