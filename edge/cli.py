@@ -94,7 +94,7 @@ def _parser():
     run.add_argument("--workers", type=_positive, default=1,
                      help="interpreters, each segmenting its own frame (default 1); on a CPU, --workers 2 "
                           "--threads 1 gets through more frames than --threads 2 (docs/edge.md)")
-    run.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    run.add_argument("--alpha", type=_opacity, default=0.5, help="overlay opacity (default 0.5)")
     run.add_argument("--mode", choices=MODES, default="overlay", help="first view; key m cycles them")
     run.add_argument("--smooth", type=float, default=0.0, help="EMA weight of past frames' scores, [0, 1)")
     run.add_argument("--realtime", action="store_true",
@@ -120,6 +120,16 @@ def _positive(text):
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _opacity(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 (frame only) to 1 (colours only), got {text!r}")
     return value
 
 

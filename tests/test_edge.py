@@ -479,6 +479,15 @@ def test_cli_errors_are_one_line_exit_2(models, video, tmp_path, capsys, argv, m
     assert [line for line in err.splitlines() if line.startswith("kseg-edge: error:")] == [err.strip().splitlines()[-1]]
 
 
+@pytest.mark.parametrize("flag, value", [("--threads", "0"), ("--workers", "-1"), ("--max-frames", "two"),
+                                         ("--alpha", "3")])
+def test_cli_rejects_out_of_range_numbers(models, video, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", models["int8"], "--source", video, "--headless", flag, value])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}:" in capsys.readouterr().err
+
+
 def test_cli_bench_prints_every_stage_with_its_ratio_to_invoke(models, capsys):
     argv = ["bench", models["int8"], "--threads", "1", "2", "--frames", "12", "--size", "64x48", "80x60"]
     assert cli.main(argv) == 0
