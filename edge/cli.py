@@ -29,7 +29,7 @@ from edge.interpreter import limit_malloc_arenas, release_file_pages
 from edge.pipeline import Pipeline, latency_ms
 from edge.runtime import open_model
 from edge.sources import CV_LOG_ERROR, CaptureSource, Channel, open_source, opencv_log_level, start_stage
-from kseg import viz
+from kseg import argtypes, viz
 from kseg.errors import ConfigError, KsegError
 
 MODES = ("overlay", "mask", "side")
@@ -82,7 +82,7 @@ def _parser():
         s.add_argument("--output-kind", choices=("logits", "probabilities", "instance"),
                        help="what the model outputs (overrides the metadata; one channel: threshold 0 or 0.5; "
                             "instance: a Mask R-CNN with the detection outputs)")
-        s.add_argument("--score-threshold", type=float, default=0.5,
+        s.add_argument("--score-threshold", type=argtypes.fraction, default=0.5,
                        help="instance models: detections scoring below this are not shown (default 0.5)")
 
     run = sub.add_parser("run", help="segment a camera, stream, video or image folder")
@@ -90,54 +90,36 @@ def _parser():
     run.add_argument("--source", required=True, help="camera index, rtsp/http URL, video file, image or folder")
     run.add_argument("--out", help="write the views: a video (.mp4 .avi .mkv .mov) or a folder of PNGs")
     run.add_argument("--headless", action="store_true", help="no window (on a device without a display)")
-    run.add_argument("--threads", type=_positive, help="interpreter threads (default: LiteRT decides)")
-    run.add_argument("--workers", type=_positive, default=1,
+    run.add_argument("--threads", type=argtypes.whole, help="interpreter threads (default: LiteRT decides)")
+    run.add_argument("--workers", type=argtypes.whole, default=1,
                      help="interpreters, each segmenting its own frame (default 1); on a CPU, --workers 2 "
                           "--threads 1 gets through more frames than --threads 2 (docs/edge.md)")
-    run.add_argument("--alpha", type=_opacity, default=0.5, help="overlay opacity (default 0.5)")
+    run.add_argument("--alpha", type=argtypes.fraction, default=0.5, help="overlay opacity (default 0.5)")
     run.add_argument("--mode", choices=MODES, default="overlay", help="first view; key m cycles them")
     run.add_argument("--smooth", type=float, default=0.0, help="EMA weight of past frames' scores, [0, 1)")
     run.add_argument("--realtime", action="store_true",
                      help="play a video file at its frame rate and drop frames inference cannot keep up with "
                           "(default for files: process every frame)")
-    run.add_argument("--max-frames", type=_positive, help="stop after this many frames")
+    run.add_argument("--max-frames", type=argtypes.whole, help="stop after this many frames")
     run.set_defaults(func=_run)
 
     bench = sub.add_parser("bench", help="latency and FPS of invoke alone and of the whole pipeline")
     model_args(bench)
-    bench.add_argument("--threads", type=_positive, nargs="+", default=[1], help="thread counts to compare")
-    bench.add_argument("--frames", type=_positive, default=200, help="frames per measurement (default 200)")
+    bench.add_argument("--threads", type=argtypes.whole, nargs="+", default=[1], help="thread counts to compare")
+    bench.add_argument("--frames", type=argtypes.whole, default=200, help="frames per measurement (default 200)")
     bench.add_argument("--size", type=_size, nargs="+", default=[(640, 480)],
                        help="generated frame sizes WxH (default 640x480)")
     bench.set_defaults(func=_bench)
     return p
 
 
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
-
-
-def _opacity(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 (frame only) to 1 (colours only), got {text!r}")
-    return value
-
-
 def _size(text):
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WxH like 640x480, got {text!r}") from None
+        w = h = 0
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"size must be WxH like 640x480, got {text!r}")
     return w, h
 
 

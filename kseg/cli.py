@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 
+from kseg import argtypes
 from kseg.errors import ConfigError, KsegError
 
 
@@ -44,7 +45,7 @@ def _parser():
     p.add_argument("--model", help="a .keras or .tflite model (default: the run's best.keras)")
     p.add_argument("--split", default="val")
     p.add_argument("--out", help="report folder (default: <run dir>/report-<split>)")
-    p.add_argument("--samples", type=int, default=8, help="overlay pictures in the report")
+    p.add_argument("--samples", type=argtypes.count, default=8, help="overlay pictures in the report")
     p.add_argument("--refine", metavar="NAME", help="refine the probabilities with a post-processor from "
                    "kseg.postprocess (e.g. crf) before scoring (.keras models)")
     _add_tta(p)
@@ -53,11 +54,11 @@ def _parser():
     p.add_argument("model", help="a .keras model")
     p.add_argument("input", help="an image file or a folder of images")
     p.add_argument("--out", default="predictions", help="output folder")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    p.add_argument("--alpha", type=argtypes.fraction, default=0.5, help="overlay opacity")
     p.add_argument("--refine", metavar="NAME", help="refine the probabilities with a post-processor from "
                    "kseg.postprocess (e.g. crf)")
     _add_tta(p)
-    p.add_argument("--score-threshold", type=float, default=0.5,
+    p.add_argument("--score-threshold", type=argtypes.fraction, default=0.5,
                    help="instance models: detections scoring below this are not drawn (default 0.5)")
 
     p = sub.add_parser("export", help="optimize and convert a trained model to a verified TFLite file")
@@ -67,12 +68,12 @@ def _parser():
     p.add_argument("--config", "--data", dest="config",
                    help="the training config (its data calibrates int8, fine-tunes and verifies the export)")
     p.add_argument("--out", help="output .tflite path (default: beside the model)")
-    p.add_argument("--calibration", type=int, default=64, help="training images used to calibrate int8")
+    p.add_argument("--calibration", type=argtypes.whole, default=64, help="training images used to calibrate int8")
     p.add_argument("--io", default="uint8", choices=("uint8", "int8"), help="int8 models: input/output type")
     p.add_argument("--prune", metavar="SPARSITY", help="magnitude pruning to this sparsity in (0, 1), or 2:4")
     p.add_argument("--cluster", type=int, metavar="K", help="weight clustering: K shared values per kernel")
     p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning before int8 conversion")
-    p.add_argument("--steps", type=int, default=100, help="fine-tuning steps for --prune / --cluster / --qat")
+    p.add_argument("--steps", type=argtypes.whole, default=100, help="fine-tuning steps for --prune / --cluster / --qat")
     p.add_argument("--lr", type=float, help=f"fine-tuning learning rate (Adam) for those steps (default "
                    f"{FINE_TUNE_LR:g} for --prune / --cluster, {QAT_LR:g} for --qat)")
     p.add_argument("--no-report", action="store_true", help="skip the verification report")
@@ -85,16 +86,16 @@ def _parser():
     p.add_argument("source", nargs="?", help="an experiment YAML file or a dataset folder (check, show)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=...")
     p.add_argument("--format", help="dataset layout of a folder (kseg data formats lists them)")
-    p.add_argument("--num-classes", type=int, help="for a folder of a format without a fixed class count")
+    p.add_argument("--num-classes", type=argtypes.whole, help="for a folder of a format without a fixed class count")
     p.add_argument("--split", action="append", help="split(s) to check or show (default: all of the config's)")
     p.add_argument("--out", help="show: output PNG (default: <format>-samples.png)")
-    p.add_argument("--num", type=int, default=8, help="show: number of samples")
+    p.add_argument("--num", type=argtypes.whole, default=8, help="show: number of samples")
     p.add_argument("--seed", type=int, default=0, help="show: which samples (random pick)")
     p.add_argument("--quiet", action="store_true", help="check: no progress bar")
 
     p = sub.add_parser("demo", help="train, export to int8, run on the edge runtime, report (make demo)")
     p.add_argument("--out", default="demo_out")
-    p.add_argument("--minutes", type=float, default=3.0, help="training time budget")
+    p.add_argument("--minutes", type=argtypes.positive, default=3.0, help="training time budget")
     return ap
 
 

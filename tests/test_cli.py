@@ -130,6 +130,19 @@ def test_errors_are_one_line_without_traceback(tmp_path):
         assert len(lines) == 1 and lines[0].startswith(f"kseg {args[0]}: error:"), proc.stderr
 
 
+@pytest.mark.parametrize("argv", [
+    ["export", "m.keras", "--steps", "0"], ["export", "m.keras", "--calibration", "-4"],
+    ["predict", "m.keras", "x.png", "--alpha", "1.5"], ["predict", "m.keras", "x.png", "--score-threshold", "2"],
+    ["evaluate", "c.yaml", "--samples", "-1"], ["demo", "--minutes", "0"], ["data", "show", "c.yaml", "--num", "x"],
+])
+def test_out_of_range_numbers_are_refused_before_anything_loads(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    flag = next(a for a in argv if a.startswith("--"))
+    assert f"argument {flag}: expected " in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("user_value, expected", [(None, "1"), ("0", "0")])
 def test_onednn_on_by_default_and_user_choice_kept(user_value, expected):
     # TensorFlow leaves its oneDNN kernels off on AVX2-only CPUs, where they train 1.45x faster; kseg turns them on
