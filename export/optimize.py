@@ -27,6 +27,7 @@ import tempfile
 import numpy as np
 
 from kseg.errors import ConfigError, DataError
+from kseg.progress import Progress
 
 
 def parse_prune(prune):
@@ -126,6 +127,27 @@ def fine_tune_batches(x, y, batch_size):
     return data.shuffle(len(x), seed=0).repeat().batch(batch_size)
 
 
+def run_worker(job_path, verbose=True):
+    """Runs ``export.optimize_worker`` on ``job_path`` and, with ``verbose``, draws a progress bar per fine-tuning
+    stage from the lines it reports. Its stderr (TensorFlow's) is kept, and shown only if it fails."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    bars = {}
+    with tempfile.TemporaryFile("w+") as err:
+        with subprocess.Popen([sys.executable, "-m", "export.optimize_worker", job_path], stdout=subprocess.PIPE,
+                              stderr=err, text=True, env=env) as worker:
+            for line in worker.stdout:  # also the converter's printf lines, which are not for users
+                fields = line.rstrip("\n").split("\t")
+                if verbose and len(fields) == 5 and fields[0] == "progress":
+                    stage, done, total = fields[1], int(fields[2]), int(fields[3])
+                    bar = bars.setdefault(stage, Progress(total, f"  {stage}", min_total=1))
+                    bar.update(done, f"loss {fields[4]}")
+        if worker.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"the optimization worker failed:\n{err.read()[-4000:]}")
+
+
 def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=None, qat=False, steps=100,
              batch_size=4, lr=None, loss="ce", calibration=None, mode="int8", io_dtype="uint8", work_dir=None,
              verbose=True):
@@ -189,13 +211,7 @@ def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=No
         if verbose:
             print(f"fine-tuning the tf_keras twin in a worker process ({steps} steps per stage: "
                   f"{', '.join(k for k, v in (('prune', prune), ('cluster', cluster), ('qat', qat)) if v)})")
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        run = subprocess.run([sys.executable, "-m", "export.optimize_worker", os.path.join(tmp, "job.json")],
-                             capture_output=True, text=True, env=env)
-        if run.returncode != 0:
-            raise RuntimeError(f"the optimization worker failed:\n{run.stderr[-4000:]}")
+        run_worker(os.path.join(tmp, "job.json"), verbose)
         with open(os.path.join(tmp, "result.json")) as f:
             result = json.load(f)
         twin.load_weights(os.path.join(tmp, "optimized.weights.h5"))

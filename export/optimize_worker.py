@@ -432,6 +432,19 @@ def _prunable(layer, m_by_n):
     return not m_by_n or (getattr(layer, "kernel", None) is not None and int(layer.kernel.shape[-2]) % 4 == 0)
 
 
+class ReportProgress(tf_keras.callbacks.Callback):
+    """After each step, a line ``progress<TAB>stage<TAB>done<TAB>total<TAB>loss`` on stdout, from which the parent
+    (``export.optimize.run_worker``) draws its progress bar."""
+
+    def __init__(self, stage, total):
+        super().__init__()
+        self.stage, self.total = stage, total
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss", float("nan"))
+        print("progress", self.stage, batch + 1, self.total, f"{float(loss):.4f}", sep="\t", flush=True)
+
+
 def prune_model(model, prune, steps, fit):
     sparsity = tfmot.sparsity.keras
     frequency = max(1, steps // 10)
@@ -448,7 +461,7 @@ def prune_model(model, prune, steps, fit):
     # cannot prune (Rescaling, ...) are shared unchanged instead of failing the whole model
     wrapped = tf_keras.models.clone_model(model, clone_function=lambda layer: sparsity.prune_low_magnitude(
         layer, **kwargs) if _prunable(layer, prune == "2:4") else layer)
-    fit(wrapped, [sparsity.UpdatePruningStep()])
+    fit(wrapped, [sparsity.UpdatePruningStep()], "pruning")
     return sparsity.strip_pruning(wrapped)
 
 
@@ -468,7 +481,7 @@ def cluster_model(model, k, preserve_sparsity, fit):
         return layer
 
     wrapped = tf_keras.models.clone_model(model, clone_function=wrap)
-    fit(wrapped, [])
+    fit(wrapped, [], "clustering")
     return clustering.strip_clustering(wrapped)
 
 
@@ -501,9 +514,10 @@ def main(job_path):
     # kseg's losses are Keras 3 objects over TensorFlow ops: tf_keras calls them like any loss function
     loss = build_loss(job.get("loss", "ce"), num_classes, 255)
 
-    def fit(m, callbacks, lr=job["lr"]):
+    def fit(m, callbacks, stage, lr=job["lr"]):
         m.compile(optimizer=tf_keras.optimizers.Adam(lr), loss=loss)
-        m.fit(dataset, epochs=1, steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+        m.fit(dataset, epochs=1, steps_per_epoch=steps, callbacks=[*callbacks, ReportProgress(stage, steps)],
+              verbose=0)
 
     log = {}
     if job.get("prune") is not None:
@@ -522,7 +536,7 @@ def main(job_path):
         freeze_batch_norm(model)
         calibration = np.load(job["calibration"])
         qat, log["custom_quantize_configs"] = quantize_model(model, scheme, calibration, job["batch_size"])
-        fit(qat, [], job["qat_lr"])
+        fit(qat, [], "quantization-aware training", job["qat_lr"])
         flatbuffer = convert_qat(qat, calibration, job["io_dtype"])
         log["qat_int8_vs_fake_quant"] = int8_agreement(qat, flatbuffer, calibration[:4])
         with open(os.path.join(job["out"], "qat.tflite"), "wb") as f:

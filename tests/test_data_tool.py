@@ -8,7 +8,8 @@ import pytest
 
 import data_fixtures as fx
 from kseg.cli import main
-from kseg.data.tool import Progress, check, data_config, split_names
+from kseg.data.tool import check, data_config, split_names
+from kseg.progress import Progress
 
 ISSUE_FORMATS = ("folder voc sbd cityscapes isbi pascal_context coco coco_stuff ade20k stanford_background nyudv2 "
                  "sunrgbd sun3d scannet uwrgbd stanford2d3d shapenet_part sydney_urban nifti "
@@ -87,7 +88,7 @@ def test_progress_bar_on_long_scans(tmp_path, capsys):
     for done in range(1, 25):
         bar.update(done)
     term = bar.stream.getvalue()
-    assert term.count("\r") == 24 and term.endswith("\rchecking all [" + "#" * 30 + "] 24/24\n")
+    assert term.count("\r") == 24 and term.endswith("\rchecking all [" + "#" * 30 + "] 24/24\033[K\n")
 
 
 @pytest.mark.parametrize("fmt", ["voc", "nyudv2", "shapenet_part"])

@@ -3,6 +3,7 @@ cluster counts reached per layer, 2:4 structure, QAT's int8 agreement, and Quant
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from kseg.config import load_config
 from test_export import trained  # noqa: F401  (the tiny trained U-Net fixture)
 
 
-def _optimize(trained, **kw):  # noqa: F811
+def _optimize(trained, verbose=False, **kw):  # noqa: F811
     from kseg.saving import load_model
 
     root, path = trained
@@ -22,15 +23,18 @@ def _optimize(trained, **kw):  # noqa: F811
     model = load_model(root / "best.keras")
     kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
     # a work folder that does not exist yet, as when `kseg export --out` names a new folder
-    return model, optimize(model, "unet", kwargs, cfg["data"], work_dir=str(root / "new" / "folder"), verbose=False,
-                           **kw)
+    return model, optimize(model, "unet", kwargs, cfg["data"], work_dir=str(root / "new" / "folder"),
+                           verbose=verbose, **kw)
 
 
-def test_prune_then_cluster_reach_sparsity_and_cluster_count_per_layer(trained):  # noqa: F811
+def test_prune_then_cluster_reach_sparsity_and_cluster_count_per_layer(trained, capsys):  # noqa: F811
     """75% magnitude pruning then 8 clusters (sparsity preserved): every pruned kernel is within 1% of 75% zeros
-    and holds at most 8 distinct values; the weights come back into the Keras 3 model."""
+    and holds at most 8 distinct values; the weights come back into the Keras 3 model. Each fine-tuning stage
+    reports its progress (here, stderr not being a terminal, one line at its end)."""
     # a weighted sum of kseg (Keras 3) losses fine-tunes the tf_keras twin, as a config's loss would
-    model, result = _optimize(trained, prune=0.75, cluster=8, steps=20, mode="float32", loss={"ce": 1.0, "dice": 1.0})
+    model, result = _optimize(trained, verbose=True, prune=0.75, cluster=8, steps=20, mode="float32",
+                              loss={"ce": 1.0, "dice": 1.0})
+    assert re.findall(r"^  (\w+): 20/20  loss \d+\.\d{4}$", capsys.readouterr().err, re.M) == ["pruning", "clustering"]
     assert result["sparsity"] and set(result["sparsity"]) == set(result["clusters"])
     for layer, sparsity in result["sparsity"].items():
         assert abs(sparsity - 0.75) <= 0.01, (layer, sparsity)

@@ -22,7 +22,6 @@ Example:
 """
 
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from kseg.data.config import validate_data_config
 from kseg.data.formats import FORMATS, Format, get_format, join_ref, split_ref
 from kseg.errors import ConfigError, DataError
 from kseg.instance import data as idata
+from kseg.progress import Progress
 
 # Placeholders when a dataset is given as a folder: checking reads samples as stored, so sizes do not matter
 # (instance datasets: data.min_area and data.max_instances are checked at this image_size).
@@ -120,30 +120,6 @@ def split_names(cfg):
     # every pair: the image/mask folders of folder-like layouts, all listed samples of the others
     cfg["splits"]["all"] = {} if type(fmt)._resolve is Format._resolve else "all"
     return ["all"]
-
-
-class Progress:
-    """A one-line progress bar on stderr for scans of more than ``min_total`` items; where stderr is not a
-    terminal (a log file, CI), one line at the end instead of a hundred carriage returns."""
-
-    def __init__(self, total, label, min_total=20, stream=None, width=30):
-        self.total, self.label, self.width = total, label, width
-        self.stream = stream or sys.stderr
-        self.active = total >= min_total
-        self.step = max(1, total // 100)
-        self.live = getattr(self.stream, "isatty", lambda: False)()
-
-    def update(self, done):
-        if self.active and not self.live:
-            if done == self.total:
-                self.stream.write(f"{self.label}: {done}/{self.total}\n")
-            return
-        if self.active and (done % self.step == 0 or done == self.total):
-            filled = self.width * done // self.total
-            self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{self.total}")
-            if done == self.total:
-                self.stream.write("\n")
-            self.stream.flush()
 
 
 def is_instance_config(cfg):
