@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from kseg import viz
-from kseg.data.io import IMAGE_EXTS, read_image
+from kseg.data.io import IMAGE_EXTS, read_image, resize_image
 from kseg.errors import ConfigError, DataError
 from kseg.instance.masks import instances_to_label_map
 
@@ -72,7 +72,7 @@ def predict(model_path, input_path, out_dir, alpha=0.5, verbose=True, refine=Non
             failed.append(path)
             continue
         h, w = image.shape[:2]
-        x = image if in_h is None else cv2.resize(image, (in_w, in_h), interpolation=cv2.INTER_LINEAR)
+        x = image if in_h is None else resize_image(image, (in_h, in_w), "stretch")[0]  # as the data pipeline does
         stem = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
         if instance:
             found = segment(x, (h, w))

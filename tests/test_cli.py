@@ -77,6 +77,22 @@ def test_predict_folder_writes_masks_and_skips_bad_files(trained, tmp_path, caps
     assert "broken.png" in capsys.readouterr().out
 
 
+def test_predict_resizes_as_the_data_pipeline_does(trained, tmp_path):
+    """An image larger than the model's input is shrunk as training and evaluation shrink theirs (area
+    interpolation, ``kseg.data.io.resize_image``), and the mask comes back at the image's size."""
+    from kseg.data.io import resize_image
+    from kseg.saving import load_model
+
+    root, _ = trained
+    image = cv2.GaussianBlur(np.random.default_rng(1).integers(0, 255, (150, 130, 3), dtype=np.uint8), (0, 0), 3)
+    cv2.imwrite(str(tmp_path / "big.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    model = root / "run" / "best.keras"
+    assert main(["predict", str(model), str(tmp_path / "big.png"), "--out", str(tmp_path / "out")]) == 0
+    logits = load_model(model).predict(resize_image(image, (64, 64), "stretch")[0][None].astype(np.float32), verbose=0)
+    expected = cv2.resize(np.argmax(logits[0], -1).astype(np.uint8), (130, 150), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "out" / "big_mask.png"), cv2.IMREAD_UNCHANGED), expected)
+
+
 def test_export_int8_matches_keras_and_runs_on_edge(trained, tmp_path, capsys):
     root, path = trained
     tflite = tmp_path / "m.tflite"
