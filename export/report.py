@@ -70,18 +70,19 @@ def latency_ms(flatbuffer, threads, runs=20, warmup=3):
     return float(np.median(times))
 
 
-def _samples(data_cfg, model, num):
-    """``(uint8 image, label)`` pairs, streamed: the validation split, or ``num`` random images without data."""
+def _samples(data_cfg, model, num, progress=None):
+    """``(uint8 image, label)`` pairs, streamed: the validation split (with a ``progress`` bar), or ``num`` random
+    images without data."""
     if data_cfg is None:
         shape = [int(d) for d in model.inputs[0].shape[1:]]
         rng = np.random.default_rng(0)
         return [(rng.uniform(0, 255, shape).round().astype(np.uint8), None) for _ in range(num)]
     from kseg.evaluate import uint8_samples
 
-    return uint8_samples(data_cfg, "val")
+    return uint8_samples(data_cfg, "val", progress)
 
 
-def score_stages(keras_model, flatbuffers, data_cfg=None, error_images=4):
+def score_stages(keras_model, flatbuffers, data_cfg=None, error_images=4, verbose=False):
     """Output error against Keras and validation mIoU of each TFLite stage (and mIoU of Keras).
 
     Args:
@@ -89,6 +90,7 @@ def score_stages(keras_model, flatbuffers, data_cfg=None, error_images=4):
         flatbuffers: ``{stage name: .tflite bytes}``.
         data_cfg: the data section (validation split); ``None`` scores error on random pixels only.
         error_images: how many images measure the output error.
+        verbose: a progress bar over the validation split.
 
     Returns:
         ``{stage: {"miou", "max_abs_error", "mean_abs_error", "agreement"}}`` plus ``"keras": {"miou"}``; mIoU
@@ -97,7 +99,7 @@ def score_stages(keras_model, flatbuffers, data_cfg=None, error_images=4):
     from edge.interpreter import load_interpreter
     from kseg.metrics import ConfusionMatrix
 
-    samples = _samples(data_cfg, keras_model, error_images)
+    samples = _samples(data_cfg, keras_model, error_images, "scoring the stages on val" if verbose else None)
     num_classes = int(keras_model.outputs[0].shape[-1])
     ignore = int(data_cfg.get("ignore_index", 255)) if data_cfg is not None else 255
     interps = {k: load_interpreter(model_content=v) for k, v in flatbuffers.items()}
@@ -230,7 +232,7 @@ def verification_report(keras_model, tflite_path, mode, data_cfg=None, stages=No
     files = {"float32": to_tflite(keras_model, "float32")}
     if mode != "float32":
         files[mode] = exported
-    scores = score_stages(keras_model, files, data_cfg)
+    scores = score_stages(keras_model, files, data_cfg, verbose=verbose)
     numbers = {"stages": {"keras": scores["keras"]}, "ops": dict(tflite_op_histogram(exported))}
     for name, data in files.items():
         numbers["stages"][name] = {"size_bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9)),

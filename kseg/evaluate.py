@@ -121,13 +121,20 @@ def predictor(model_path, refine=None, tta="none"):
     return keras_predictor(load_model(model_path), refine, tta)
 
 
-def uint8_samples(data_cfg, split):
+def uint8_samples(data_cfg, split, progress=None):
     """``(image uint8 RGB (H, W, 3), label (H, W))`` pairs of a split, un-augmented: the pixels a camera would
-    give, so Keras and TFLite models are scored on the same input."""
+    give, so Keras and TFLite models are scored on the same input. ``progress``: the label of a progress bar on
+    stderr (``kseg.progress``; splits of 20 images or more whose size the pipeline knows)."""
     from kseg.data import build_dataset
+    from kseg.progress import Progress
 
-    for images, labels in build_dataset(data_cfg, split, batch_size=1, augment=False, shuffle=False):
+    dataset = build_dataset(data_cfg, split, batch_size=1, augment=False, shuffle=False)
+    total = int(dataset.cardinality())
+    bar = Progress(total, progress) if progress and total > 0 else None
+    for done, (images, labels) in enumerate(dataset, 1):
         yield np.clip(np.round(images.numpy()[0]), 0, 255).astype(np.uint8), labels.numpy()[0]
+        if bar:
+            bar.update(done)
 
 
 def is_instance_model(model):
@@ -263,7 +270,7 @@ def evaluate(cfg, model_path=None, split="val", out_dir=None, num_samples=8, ver
 
     cm, bf = ConfusionMatrix(num_classes, ignore), BoundaryF1(num_classes, ignore_index=ignore)
     samples, count = [], 0
-    for image, label in uint8_samples(data_cfg, split):
+    for image, label in uint8_samples(data_cfg, split, f"evaluating {split}" if verbose else None):
         pred = predict(image)
         cm.update(label, pred)
         bf.update(label, pred)
