@@ -10,6 +10,7 @@ from kseg import viz
 from kseg.data.io import IMAGE_EXTS, read_image, resize_image
 from kseg.errors import ConfigError, DataError
 from kseg.instance.masks import instances_to_label_map
+from kseg.progress import Progress
 
 
 def _inputs(path):
@@ -64,7 +65,11 @@ def predict(model_path, input_path, out_dir, alpha=0.5, verbose=True, refine=Non
         colours = None if instance else viz.palette(int(model.outputs[0].shape[-1]))
     os.makedirs(out_dir, exist_ok=True)
     written, failed = [], []
-    for path in _inputs(input_path):
+    paths = _inputs(input_path)
+    bar = Progress(len(paths), "predicting") if verbose else None
+    for done, path in enumerate(paths, 1):
+        if bar:
+            bar.update(done - 1)
         try:
             image = read_image(path)
         except DataError as e:
@@ -86,6 +91,8 @@ def predict(model_path, input_path, out_dir, alpha=0.5, verbose=True, refine=Non
             view = viz.overlay(image, mask, alpha, colours, order="rgb")
             written.append(stem + "_mask.png")
         cv2.imwrite(stem + "_overlay.png", cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
+    if bar:
+        bar.update(len(paths))
     if verbose:
         print(f"wrote {len(written)} masks and overlays to {out_dir}" + (f"; {len(failed)} skipped" if failed else ""))
     return written
