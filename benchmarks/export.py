@@ -35,7 +35,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from export.optimize import FINE_TUNE_LR, QAT_LR  # noqa: E402 (after the path and log-level set-up)
 
 MODELS = {"unet": None,  # the config's own U-Net (base 16, depth 4, BN, transposed convs)
-          "deeplabv3plus": {"name": "deeplabv3plus", "backbone": "mobilenetv2"}}
+          "deeplabv3plus": {"name": "deeplabv3plus", "backbone": "mobilenetv2"},
+          # plain 3x3 convs in the ASPP and the decoder (keras-io's DeepLabV3+ does this; the paper's are separable):
+          # the variant the export issue's latency figures match (docs/export.md)
+          "deeplabv3plus_plain": {"name": "deeplabv3plus", "backbone": "mobilenetv2", "separable": False}}
 
 
 def train_model(name, args, out):
