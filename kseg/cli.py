@@ -73,7 +73,8 @@ def _parser():
     p.add_argument("--prune", metavar="SPARSITY", help="magnitude pruning to this sparsity in (0, 1), or 2:4")
     p.add_argument("--cluster", type=int, metavar="K", help="weight clustering: K shared values per kernel")
     p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning before int8 conversion")
-    p.add_argument("--steps", type=argtypes.whole, default=100, help="fine-tuning steps for --prune / --cluster / --qat")
+    p.add_argument("--steps", type=argtypes.whole, default=100,
+                   help="fine-tuning steps for --prune / --cluster / --qat")
     p.add_argument("--lr", type=float, help=f"fine-tuning learning rate (Adam) for those steps (default "
                    f"{FINE_TUNE_LR:g} for --prune / --cluster, {QAT_LR:g} for --qat)")
     p.add_argument("--no-report", action="store_true", help="skip the verification report")
