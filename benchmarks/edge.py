@@ -88,7 +88,7 @@ def main(argv=None):
     models = [("DeepLabV3+ MobileNetV2 256x256 int8 (kseg zoo)", zoo, [])]
     if os.path.isfile(args.mediapipe):
         models.append(("MediaPipe selfie segmentation 256x256 float (peer)", args.mediapipe,
-                       ["--normalization", "unit", "--output-kind", "probabilities"]))
+                       ["--normalization", "unit", "--interpolation", "linear", "--output-kind", "probabilities"]))
     else:
         lines.append(f"MediaPipe peer skipped: {args.mediapipe} not found; fetch it with: {FETCH_PEER}\n")
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from edge.interpreter import limit_malloc_arenas, release_file_pages
 from edge.pipeline import Pipeline, latency_ms
-from edge.runtime import open_model
+from edge.runtime import INTERPOLATIONS, open_model
 from edge.sources import CV_LOG_ERROR, CaptureSource, Channel, open_source, opencv_log_level, start_stage
 from kseg import argtypes, viz
 from kseg.errors import ConfigError, KsegError
@@ -79,6 +79,9 @@ def _parser():
                        help="input pixels: raw ([0, 255], the kseg contract), unit ([0, 1]) or MEAN/STD with three "
                             "comma-separated values each, e.g. 123.7,116.3,103.5/58.4,57.1,57.4 (overrides the "
                             "model's metadata; for models exported elsewhere)")
+        s.add_argument("--interpolation", choices=INTERPOLATIONS,
+                       help="how frames are shrunk to the model input: area (kseg's training pipeline, the default) "
+                            "or linear (bilinear, as MediaPipe models were trained; overrides the metadata)")
         s.add_argument("--output-kind", choices=("logits", "probabilities", "instance"),
                        help="what the model outputs (overrides the metadata; one channel: threshold 0 or 0.5; "
                             "instance: a Mask R-CNN with the detection outputs)")
@@ -141,7 +144,7 @@ def _segmenter(args, threads, smoothing=0.0):
         return open_model(args.model, num_threads=threads, edgetpu=args.edgetpu,
                           resize="letterbox" if args.letterbox else "stretch", labels=args.labels,
                           smoothing=smoothing, normalization=args.normalization, output_kind=args.output_kind,
-                          score_threshold=args.score_threshold)
+                          score_threshold=args.score_threshold, interpolation=args.interpolation)
     except ValueError as e:  # an option that does not fit this model (--smooth on an instance model, a threshold)
         raise ConfigError(f"{args.model}: {e}") from None
 
@@ -150,7 +153,7 @@ def render(image, result, mode, segmenter, alpha):
     """The view of one BGR frame: the overlay (class colours, or instances with contours, class and score), the
     colour mask alone, or frame and overlay side by side."""
     if mode == "mask":
-        return viz.colorize(result.mask, segmenter.palette[:, ::-1])
+        return viz.colorize(result.mask, segmenter.palette[:, ::-1], ignore_index=None)
     view = segmenter.draw(image, result, alpha)
     return np.concatenate([image, view], axis=1) if mode == "side" else view
 

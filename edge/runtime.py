@@ -31,6 +31,9 @@ from kseg.errors import ModelFileError
 RESIZE_MODES = ("stretch", "letterbox")
 NORMALIZATIONS = ("raw", "unit")
 OUTPUT_KINDS = ("logits", "probabilities")
+# how a frame shrinks to the model input: "area" is what kseg's data pipeline does (kseg.data.io.resize_image),
+# "linear" what MediaPipe's image-to-tensor converter does (cv::INTER_LINEAR), 8x faster at 640x480 -> 256x256
+INTERPOLATIONS = ("area", "linear")
 
 
 @dataclasses.dataclass
@@ -57,7 +60,8 @@ def read_metadata(model_path):
 
     Keys (all optional): ``labels`` (class names), ``palette`` (``[[r, g, b], ...]``), ``input_size`` (``[h, w]``),
     ``normalization`` (``"raw"``: pixels in [0, 255], the kseg contract; ``"unit"``: [0, 1]; or
-    ``{"mean": [..], "std": [..]}`` applied to [0, 255] pixels), ``output_kind`` (``"logits"`` or
+    ``{"mean": [..], "std": [..]}`` applied to [0, 255] pixels), ``interpolation`` (how frames are shrunk to the
+    input: ``"area"``, as kseg trains, or ``"linear"``), ``output_kind`` (``"logits"`` or
     ``"probabilities"``; with one output channel it sets the foreground threshold, 0 or 0.5; ``"instance"``: a
     Mask R-CNN with the detection outputs, ``InstanceSegmenter``), ``num_classes`` (instance models, background
     included) and ``mode`` (the export mode, e.g. ``"int8"``).
@@ -164,9 +168,13 @@ class _FrameModel:
     ``draw(frame, result, alpha) -> view``.
     """
 
-    def __init__(self, model_path, meta, num_threads, edgetpu, resize, normalization):
+    def __init__(self, model_path, meta, num_threads, edgetpu, resize, normalization, interpolation):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        interpolation = interpolation if interpolation is not None else meta.get("interpolation", "area")
+        if interpolation not in INTERPOLATIONS:
+            raise ModelFileError(f"{model_path}: interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        self._shrink = cv2.INTER_AREA if interpolation == "area" else cv2.INTER_LINEAR
         self.model_path, self.num_threads, self.edgetpu = model_path, num_threads, edgetpu
         self.interpreter = load_interpreter(model_path, num_threads=num_threads, edgetpu=edgetpu)
         self.input_details = self.interpreter.get_input_details()[0]
@@ -223,7 +231,7 @@ class _FrameModel:
             nh, nw = h, w
         top, left = (h - nh) // 2, (w - nw) // 2
         image = frame if (nh, nw) == (fh, fw) else cv2.resize(
-            frame, (nw, nh), interpolation=cv2.INTER_AREA if nh < fh else cv2.INTER_LINEAR)
+            frame, (nw, nh), interpolation=self._shrink if nh < fh else cv2.INTER_LINEAR)
         if not rgb:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # after the resize: fewer pixels to swap
         if (nh, nw) != (h, w):
@@ -262,16 +270,18 @@ class Segmenter(_FrameModel):
             raw quantized scores gives the same argmax as smoothing dequantized ones (the map is affine).
         normalization: how pixels in [0, 255] become the model's input (see ``read_metadata``); overrides the
             metadata, for models exported elsewhere (a MediaPipe model takes ``"unit"``).
+        interpolation: ``"area"`` or ``"linear"``, how frames are shrunk to the input (overrides the metadata;
+            default ``"area"``, as kseg's data pipeline; a MediaPipe model was trained on ``"linear"``).
         output_kind: ``"logits"`` or ``"probabilities"``; overrides the metadata.
     """
 
     def __init__(self, model_path, num_threads=None, edgetpu=False, resize="stretch", labels=None, smoothing=0.0,
-                 normalization=None, output_kind=None):
+                 normalization=None, output_kind=None, interpolation=None):
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
         model_path = os.fspath(model_path)
         meta = read_metadata(model_path)
-        super().__init__(model_path, meta, num_threads, edgetpu, resize, normalization)
+        super().__init__(model_path, meta, num_threads, edgetpu, resize, normalization, interpolation)
         self.output_details = self.interpreter.get_output_details()[0]
         out_shape = self.output_details["shape"]
         if len(out_shape) != 4:
@@ -325,7 +335,8 @@ class Segmenter(_FrameModel):
 
     def draw(self, frame, result, alpha=0.5):
         """The class colours of ``result`` blended over the BGR ``frame``, with class boundaries."""
-        return viz.overlay(frame, result.mask, alpha, self.palette)
+        # a model's mask has no ignored pixels: id 255 is the 256th class, and the check would cost a pass per frame
+        return viz.overlay(frame, result.mask, alpha, self.palette, ignore_index=None)
 
     def reset(self):
         """Forget the smoothing state (call on a scene cut or a new video)."""
@@ -352,7 +363,7 @@ class InstanceSegmenter(_FrameModel):
 
     Args:
         model_path: the ``.tflite`` file; its metadata supplies class names and the input normalisation.
-        num_threads, edgetpu, resize, normalization: as for ``Segmenter``.
+        num_threads, edgetpu, resize, normalization, interpolation: as for ``Segmenter``.
         labels: class names, background first (a list, or a text file with one name a line).
         score_threshold: detections scoring below it are dropped.
         mask_threshold: a pixel belongs to an instance where its pasted probability reaches this.
@@ -365,13 +376,13 @@ class InstanceSegmenter(_FrameModel):
     """
 
     def __init__(self, model_path, num_threads=None, edgetpu=False, resize="stretch", labels=None,
-                 normalization=None, score_threshold=0.5, mask_threshold=0.5):
+                 normalization=None, score_threshold=0.5, mask_threshold=0.5, interpolation=None):
         if not 0.0 <= score_threshold <= 1.0 or not 0.0 < mask_threshold < 1.0:
             raise ValueError(f"score_threshold must be in [0, 1] and mask_threshold in (0, 1), got {score_threshold} "
                              f"and {mask_threshold}")
         model_path = os.fspath(model_path)
         meta = read_metadata(model_path)
-        super().__init__(model_path, meta, num_threads, edgetpu, resize, normalization)
+        super().__init__(model_path, meta, num_threads, edgetpu, resize, normalization, interpolation)
         signatures = self.interpreter.get_signature_list()
         if not signatures:
             raise ModelFileError(f"{model_path}: an instance model needs its signature (outputs named "
@@ -461,13 +472,13 @@ def _dequantize(value, details):
 
 
 def open_model(model_path, num_threads=None, edgetpu=False, resize="stretch", labels=None, normalization=None,
-               output_kind=None, smoothing=0.0, score_threshold=0.5):
+               output_kind=None, smoothing=0.0, score_threshold=0.5, interpolation=None):
     """The runtime for a ``.tflite`` model: an ``InstanceSegmenter`` when its metadata (or ``output_kind``) says
     ``"instance"``, else a ``Segmenter``. ``smoothing`` is for semantic models, ``score_threshold`` for instance
     models; the other arguments are those of both."""
     kind = output_kind if output_kind is not None else read_metadata(os.fspath(model_path)).get("output_kind")
     common = {"num_threads": num_threads, "edgetpu": edgetpu, "resize": resize, "labels": labels,
-              "normalization": normalization}
+              "normalization": normalization, "interpolation": interpolation}
     if kind == "instance":
         if smoothing:
             raise ValueError("smoothing averages per-pixel scores over frames; an instance model has none (drop it)")

@@ -185,7 +185,7 @@ def export_model(model_path, mode="int8", config_path=None, out_path=None, num_c
 
         data, result["resize_ops_changed"] = make_edge_safe(data)
         result["edgetpu"] = analyse(data, out_path)
-    meta = {"input_size": [int(d) for d in model.inputs[0].shape[1:3]], "normalization": "raw",
+    meta = {"input_size": [int(d) for d in model.inputs[0].shape[1:3]], "normalization": "raw", "interpolation": "area",
             "output_kind": "logits", "mode": mode, "model": model.name}
     if optimizing:
         meta["optimization"] = {k: v for k, v in (("prune", prune), ("cluster", cluster), ("qat", qat)) if v}

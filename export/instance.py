@@ -113,7 +113,8 @@ def export_instance(model, model_path, mode="float32", cfg=None, config_path=Non
     foreign = sorted(op for op in ops if op.startswith("Flex") or op == "CUSTOM")
     if foreign:
         raise ModelFileError(f"{model_path}: the converted graph needs non-builtin ops {foreign}")
-    meta = {"input_size": size, "normalization": "raw", "output_kind": "instance", "mode": mode, "model": model.name,
+    meta = {"input_size": size, "normalization": "raw", "interpolation": "area", "output_kind": "instance",
+            "mode": mode, "model": model.name,
             "num_classes": int(model.num_classes), "max_detections": int(net.output["scores"].shape[1]),
             "mask_size": [int(d) for d in net.output["masks"].shape[2:]]}
     if data_cfg is not None:

@@ -20,7 +20,7 @@ import pytest
 from edge import cli
 from edge.interpreter import load_interpreter, run_once
 from edge.pipeline import Pipeline
-from edge.runtime import Segmenter, class_ids
+from edge.runtime import Result, Segmenter, class_ids
 from edge.sources import CaptureSource, Channel, GeneratedSource, SourceError, open_source, opencv_log_level
 from kseg import viz
 from kseg.errors import ModelFileError
@@ -154,6 +154,17 @@ def test_class_ids_equal_numpy_argmax_ties_included(dtype, num_classes):
         assert ids.dtype == (np.uint8 if num_classes <= 256 else np.int32)
 
 
+def test_drawing_colours_every_class_id_255_included(models):
+    """255 is the data's ignore index, but in a model's mask it is the 256th class: the runtime draws it."""
+    seg = Segmenter(models["float32"], num_threads=1)
+    seg.palette = viz.palette(256)
+    frame, mask = scene(8), np.full(FRAME, 255, np.uint8)
+    result = Result(mask, {})
+    expected = cv2.addWeighted(frame, 0.5, viz.colorize(mask, seg.palette[:, ::-1], ignore_index=None), 0.5, 0.0)
+    np.testing.assert_array_equal(seg.draw(frame, result, 0.5), expected)
+    assert (cli.render(frame, result, "mask", seg, 0.5) == seg.palette[255, ::-1]).all()
+
+
 def test_smoothing_is_ema_of_scores(models):
     seg = Segmenter(models["float32"], num_threads=1, smoothing=0.75)
     a, b = scene(3, (SIZE, SIZE)), scene(4, (SIZE, SIZE))
@@ -209,6 +220,35 @@ def test_flags_stand_in_for_missing_metadata(models, video, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(argv[:-4] + ["--normalization", "1,2/3,4"])
     assert "MEAN/STD" in capsys.readouterr().err
+
+
+def test_interpolation_from_flag_or_metadata(models, video, tmp_path, capsys):
+    """Frames shrink with area averaging, as kseg's data pipeline does, unless the model (its metadata or the flag)
+    was trained on bilinear shrinking, as MediaPipe's are."""
+    frame = scene(7)
+    expected = {name: cv2.cvtColor(cv2.resize(frame, (SIZE, SIZE), interpolation=flag), cv2.COLOR_BGR2RGB)
+                for name, flag in (("area", cv2.INTER_AREA), ("linear", cv2.INTER_LINEAR))}
+    assert not np.array_equal(expected["area"], expected["linear"])
+    for kw, name in (({}, "area"), ({"interpolation": "linear"}, "linear")):
+        np.testing.assert_array_equal(Segmenter(models["float32"], **kw).preprocess(frame)[0][0], expected[name])
+    path = str(tmp_path / "m.tflite")
+    shutil.copy(models["float32"], path)
+    for value in ("linear", "cubic"):
+        with open(path + ".json", "w") as f:
+            json.dump({"interpolation": value}, f)
+        if value == "linear":
+            np.testing.assert_array_equal(Segmenter(path).preprocess(frame)[0][0], expected["linear"])
+            np.testing.assert_array_equal(Segmenter(path, interpolation="area").preprocess(frame)[0][0],
+                                          expected["area"])
+        else:
+            with pytest.raises(ModelFileError, match="interpolation must be one of"):
+                Segmenter(path)
+    out = str(tmp_path / "views")
+    argv = ["run", models["float32"], "--source", video, "--out", out, "--headless", "--max-frames", "1"]
+    assert cli.main(argv + ["--interpolation", "linear"]) == 0 and len(os.listdir(out)) == 1
+    with pytest.raises(SystemExit):
+        cli.main(argv + ["--interpolation", "cubic"])
+    assert "--interpolation" in capsys.readouterr().err
 
 
 def test_cli_run_writes_every_frame_of_a_video(models, video, tmp_path, capsys):

@@ -260,6 +260,7 @@ def test_export_edgetpu_end_to_end(trained, capsys):
     assert "every op maps to the EdgeTPU" in text
     meta = read_metadata(str(out))
     assert meta["mode"] == "edgetpu" and meta["input_size"] == [SIZE, SIZE] and len(meta["labels"]) == 3
+    assert meta["interpolation"] == "area"  # as the data pipeline shrinks images (kseg.data.io.resize_image)
     assert not os.path.exists(str(out) + ".json")  # the file describes itself
     report = (root / "m_edgetpu.report.txt").read_text()
     for word in ("float32", "edgetpu", "1 thr ms", "2 thr ms", "mIoU", "CONV_2D", "EdgeTPU op analysis"):
