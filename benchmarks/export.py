@@ -1,19 +1,21 @@
-"""Export benchmark: the issue-6 targets on U-Net and DeepLabV3+ MobileNetV2 trained on the ISBI membrane data, and
-the deployability matrix over every registered model.
+"""Export benchmark: the issue-6 targets on U-Net and DeepLabV3+ MobileNetV2 (plain and separable ASPP / decoder)
+trained on the ISBI membrane data, and the deployability matrix over every registered model.
 
 Targets (one run, per model): full-int8 file <= 0.27x float32; int8 latency <= 0.3x float32 (2 threads, this CPU);
 mIoU drop against float: PTQ int8 <= 1.0 point, QAT int8 <= 0.3 point; 75% sparsity within 1 point with the gzip'd
 int8 file <= 0.1x float32; EdgeTPU mode: 100% of ops mappable by the analyser.
 
 Each model is trained from scratch through ``kseg.train.train`` on ``configs/unet_membrane-512x512.yaml`` at
-``--size`` (default 256x256; DeepLabV3+ takes the config with its model section replaced) for ``--minutes``, then
-exported with ``export.api.export_model`` as float32, int8 (PTQ), int8 after QAT, int8 after 75% pruning, int8
-after 75% pruning and 16-cluster weight sharing (``pruned75c16``), those two followed by sparsity- (and
+``--size`` (default 256x256; the DeepLabV3+ variants take the config with its model section replaced) for
+``--minutes``, then exported with ``export.api.export_model`` as float32, int8 (PTQ), int8 after QAT, int8 after 75%
+pruning, int8 after 75% pruning and 16-cluster weight sharing (``pruned75c16``), those two followed by sparsity- (and
 cluster-) preserving QAT (``pruned75qat``, ``pruned75c16qat``), and edgetpu. Numbers go to
 ``<out>/export_benchmark.json`` and a markdown table on stdout (docs/export.md).
 
 Usage:
     .venv/bin/python benchmarks/export.py [--minutes 3] [--size 256] [--steps 150] [--models unet,deeplabv3plus]
+    .venv/bin/python benchmarks/export.py --models unet,deeplabv3plus_plain,deeplabv3plus --minutes 10 --steps 300 \
+        --stages float32,int8,qat,pruned75c16,edgetpu --out runs/export-bench-s24   # docs/export.md's table
     .venv/bin/python benchmarks/export.py --trained runs/export-bench --stages float32,qat   # re-export only
     .venv/bin/python benchmarks/export.py --matrix          # the deployability matrix table (tests' small configs)
     .venv/bin/python benchmarks/export.py --latency OUT/unet_float32.tflite OUT/unet_int8.tflite
@@ -180,7 +182,8 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=None,
                    help=f"fine-tuning learning rate of QAT and pruning (default {FINE_TUNE_LR:g} / {QAT_LR:g})")
     p.add_argument("--calibration", type=int, default=20, help="int8 calibration images")
-    p.add_argument("--models", default=None, help="default unet,deeplabv3plus; with --matrix: its rows (default all)")
+    p.add_argument("--models", default=None, help=f"of {','.join(MODELS)} (default: all); with --matrix: its rows "
+                                                  "(default: every registered model)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"exports to run, of {','.join(STAGES)}")
     p.add_argument("--trained", default=None,
                    help="export the models an earlier run left in this folder (its --out) instead of training")
@@ -190,7 +193,7 @@ def main(argv=None):
                    help="only time two .tflite files in alternation, e.g. a float32 and an int8 export")
     args = p.parse_args(argv)
     if args.models is None and not args.matrix:
-        args.models = "unet,deeplabv3plus"
+        args.models = ",".join(MODELS)
     unknown = set(args.stages.split(",")) - set(STAGES)
     if unknown:
         p.error(f"--stages: unknown {sorted(unknown)}; choose from {','.join(STAGES)}")
