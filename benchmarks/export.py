@@ -34,7 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from export.optimize import FINE_TUNE_LR, QAT_LR  # noqa: E402 (after the path and log-level set-up)
+from export.optimize import FINE_TUNE_LR, FINE_TUNE_TARGETS, QAT_LR  # noqa: E402 (after the path and log set-up)
 
 MODELS = {"unet": None,  # the config's own U-Net (base 16, depth 4, BN, transposed convs)
           "deeplabv3plus": {"name": "deeplabv3plus", "backbone": "mobilenetv2"},
@@ -78,6 +78,9 @@ STAGES = {"float32": dict(mode="float32"), "int8": dict(mode="int8"), "qat": dic
           # and PCQAT schemes
           "pruned75qat": dict(mode="int8", prune=0.75, qat=True),
           "pruned75c16qat": dict(mode="int8", prune=0.75, cluster=16, qat=True), "edgetpu": dict(mode="edgetpu")}
+# stages whose report compares with the pruned / clustered Keras model, not the trained one (after QAT, pruned or
+# not, the report compares the int8 file with the trained model)
+PRUNED_KERAS = ("pruned75", "pruned75c16")
 
 
 def benchmark_model(name, args, out):
@@ -95,6 +98,7 @@ def benchmark_model(name, args, out):
         mode = kw.pop("mode")
         r = export_model(model, mode, config_path=config, out_path=os.path.join(out, f"{name}_{key}.tflite"),
                          num_calibration=args.calibration, fine_tune_steps=args.steps, fine_tune_lr=args.lr,
+                         fine_tune_target=args.target,
                          verbose=False, **kw)
         with open(r["path"], "rb") as f:
             data = f.read()
@@ -108,12 +112,21 @@ def benchmark_model(name, args, out):
             opt = r["report"]["optimized"]
             row[key]["sparsity"] = opt.get("sparsity")
         print(f"{name} {key}: {json.dumps({k: v for k, v in row[key].items() if k != 'sparsity'})}", flush=True)
+    # the trained model's mIoU, which every drop is measured against: a pruned export's report compares with the
+    # pruned Keras model instead, so a run of pruned stages only scores the trained model itself
+    row["keras_miou"] = next((row[key]["keras_miou"] for key in row if key in STAGES and key not in PRUNED_KERAS), None)
+    if row["keras_miou"] is None:
+        from kseg.config import load_config
+        from kseg.evaluate import evaluate
+
+        row["keras_miou"] = evaluate(load_config(config), model, out_dir=os.path.join(out, f"{name}-trained-report"),
+                                     verbose=False)["mean_iou"]
     return row
 
 
 def targets(row):
     """target -> (measured, bound), for the targets whose stages are in ``row`` (``--stages``)."""
-    keras_miou = next(stage["keras_miou"] for key, stage in row.items() if key in STAGES)
+    keras_miou = row["keras_miou"]
 
     def latency_ratio(int8, f32):  # 2 threads; keys are ints, or strings after a JSON round trip
         return (int8["latency_ms"].get(2) or int8["latency_ms"]["2"]) / (f32["latency_ms"].get(2)
@@ -181,6 +194,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=150, help="fine-tuning steps of QAT and pruning")
     p.add_argument("--lr", type=float, default=None,
                    help=f"fine-tuning learning rate of QAT and pruning (default {FINE_TUNE_LR:g} / {QAT_LR:g})")
+    p.add_argument("--target", default="float", choices=FINE_TUNE_TARGETS,
+                   help="what QAT and pruning fine-tune towards: the float model's logits or the labels")
     p.add_argument("--calibration", type=int, default=20, help="int8 calibration images")
     p.add_argument("--models", default=None, help=f"of {','.join(MODELS)} (default: all); with --matrix: its rows "
                                                   "(default: every registered model)")

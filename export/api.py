@@ -99,8 +99,8 @@ def calibration_images(data_cfg, num_images, pool_factor=4):
 
 
 def export_model(model_path, mode="int8", config_path=None, out_path=None, num_calibration=64, io_dtype="uint8",
-                 prune=None, cluster=None, qat=False, fine_tune_steps=100, fine_tune_lr=None, report=True,
-                 verbose=True):
+                 prune=None, cluster=None, qat=False, fine_tune_steps=100, fine_tune_lr=None, fine_tune_target="float",
+                 report=True, verbose=True):
     """Optimize, convert, embed metadata, write atomically and verify against Keras.
 
     Args:
@@ -118,6 +118,8 @@ def export_model(model_path, mode="int8", config_path=None, out_path=None, num_c
         fine_tune_steps: training steps of the prune / cluster / QAT fine-tuning.
         fine_tune_lr: Adam learning rate of that fine-tuning (default: ``export.optimize.FINE_TUNE_LR`` for
             pruning and clustering, ``QAT_LR`` for QAT).
+        fine_tune_target: ``"float"`` (the trained model's own logits, by distillation) or ``"labels"`` (the
+            config's loss on the training labels); ``export.optimize.optimize``'s ``target``.
         report: write the verification report (``<out>.report.txt`` and ``.png``).
 
     Returns:
@@ -132,7 +134,7 @@ def export_model(model_path, mode="int8", config_path=None, out_path=None, num_c
         raise ConfigError(f"io_dtype must be 'uint8' or 'int8', got {io_dtype!r}")
     optimizing = prune is not None or cluster is not None or qat
     if optimizing:
-        check_options(prune, cluster, qat, mode, fine_tune_lr)
+        check_options(prune, cluster, qat, mode, fine_tune_lr, fine_tune_target)
     model = load_model(model_path)
     from kseg.evaluate import is_instance_model
 
@@ -166,8 +168,9 @@ def export_model(model_path, mode="int8", config_path=None, out_path=None, num_c
         model_name = cfg["model"]["name"]
         builder_kwargs = {k: v for k, v in cfg["model"].items() if k not in ("name", "aux_weight")}
         opt = optimize(model, model_name, builder_kwargs, data_cfg, prune=prune, cluster=cluster, qat=qat,
-                       steps=fine_tune_steps, lr=fine_tune_lr, loss=cfg["loss"], calibration=calib, mode=mode,
-                       io_dtype=io_dtype, work_dir=os.path.dirname(os.path.abspath(out_path)), verbose=verbose)
+                       steps=fine_tune_steps, lr=fine_tune_lr, loss=cfg["loss"], target=fine_tune_target,
+                       calibration=calib, mode=mode, io_dtype=io_dtype,
+                       work_dir=os.path.dirname(os.path.abspath(out_path)), verbose=verbose)
         data, stages["optimized"] = opt["tflite"], opt
         keras_reference = opt.get("keras_model", model)
     else:

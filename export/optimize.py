@@ -59,9 +59,15 @@ def stage_rates(lr):
     return (FINE_TUNE_LR, QAT_LR) if lr is None else (lr, lr)
 
 
-def check_options(prune, cluster, qat, mode, lr):
+# What the fine-tuning aims at: the float model's own logits (distillation), or the training labels.
+FINE_TUNE_TARGETS = ("float", "labels")
+
+
+def check_options(prune, cluster, qat, mode, lr, target="float"):
     """Validate the optimization options before any work is done; raises ``ConfigError``."""
     parse_prune(prune)
+    if target not in FINE_TUNE_TARGETS:
+        raise ConfigError(f"--fine-tune-target {target!r}: choose one of {', '.join(FINE_TUNE_TARGETS)}")
     if lr is not None and (not isinstance(lr, (int, float)) or not 0 < lr < 1):
         raise ConfigError(f"--lr {lr!r}: the fine-tuning learning rate must be a number in (0, 1), e.g. {FINE_TUNE_LR}")
     if cluster is not None and (not isinstance(cluster, int) or cluster < 2):
@@ -149,8 +155,8 @@ def run_worker(job_path, verbose=True):
 
 
 def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=None, qat=False, steps=100,
-             batch_size=4, lr=None, loss="ce", calibration=None, mode="int8", io_dtype="uint8", work_dir=None,
-             verbose=True):
+             batch_size=4, lr=None, loss="ce", target="float", calibration=None, mode="int8", io_dtype="uint8",
+             work_dir=None, verbose=True):
     """Prune / cluster / QAT ``model`` on its tf_keras twin in a worker process; come back as TFLite.
 
     Args:
@@ -165,6 +171,9 @@ def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=No
         loss: the fine-tuning loss, a ``kseg.losses.build_loss`` spec: the config's, so that fine-tuning keeps
             the objective the model was trained for (cross-entropy alone moves a CE + Dice model's membrane
             boundaries, docs/export.md).
+        target: ``"float"``: each stage fine-tunes towards the trained float model's logits (distillation,
+            ``kseg.losses.DistillationLoss``), so it recovers what pruning or quantization cost without drifting
+            from the model the user validated; ``"labels"``: ``loss`` on the training labels.
         calibration: representative images for the int8 conversion.
         mode, io_dtype: the conversion (``export.convert.to_tflite``) of a pruned / clustered model.
         work_dir: where the worker's temporary folder goes.
@@ -185,7 +194,7 @@ def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=No
     from kseg.models.twin import build_twin, transfer_weights
 
     prune = parse_prune(prune)
-    check_options(prune, cluster, qat, mode, lr)
+    check_options(prune, cluster, qat, mode, lr, target)
     if qat:
         check_qat_int8(model)
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
@@ -202,7 +211,7 @@ def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=No
         job = {"model": model_name, "builder_kwargs": kwargs, "weights": os.path.join(tmp, "twin.h5"),
                "data": os.path.join(tmp, "data.npz"), "prune": prune, "cluster": cluster, "qat": bool(qat),
                "steps": int(steps), "batch_size": int(batch_size), "lr": fine_tune_lr, "qat_lr": qat_lr, "loss": loss,
-               "io_dtype": io_dtype, "out": tmp}
+               "target": target, "io_dtype": io_dtype, "out": tmp}
         if qat:
             np.save(os.path.join(tmp, "calibration.npy"), np.stack(calibration).astype(np.float32))
             job["calibration"] = os.path.join(tmp, "calibration.npy")

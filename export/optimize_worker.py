@@ -8,7 +8,8 @@ the wrappers and writes the weights (and, after QAT, the int8 TFLite file) back 
 Job (JSON): ``model``, ``builder_kwargs``, ``weights`` (tf_keras ``.h5``), ``data`` (``.npz`` of ``x`` uint8
 images, ``y`` uint8 labels), ``calibration`` (``.npy``), ``prune`` (float or ``"2:4"``), ``cluster`` (int),
 ``qat`` (bool), ``steps``, ``batch_size``, ``lr`` (pruning, clustering), ``qat_lr``, ``loss`` (a
-``kseg.losses.build_loss`` spec), ``io_dtype``, ``out`` (folder).
+``kseg.losses.build_loss`` spec), ``target`` (``"float"``: fine-tune towards the float model's own logits;
+``"labels"``: ``loss`` on the labels), ``io_dtype``, ``out`` (folder).
 
 QuantizeConfigs for layers outside tfmot's default 8-bit registry that the kseg zoo uses, found by annotating every
 registered model's twin (tests/test_export_optimize.py): ``Rescaling`` (every model's ``*_preprocess``; RAN's
@@ -47,7 +48,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.graph_transfor
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper  # noqa: E402
 
 from export.optimize import fine_tune_batches  # noqa: E402
-from kseg.losses import build_loss  # noqa: E402
+from kseg.losses import DistillationLoss, build_loss  # noqa: E402
 from kseg.models.registry import inference_model  # noqa: E402
 from kseg.models.twin import build_twin  # noqa: E402
 
@@ -512,7 +513,14 @@ def main(job_path):
     steps = int(job["steps"])
 
     # kseg's losses are Keras 3 objects over TensorFlow ops: tf_keras calls them like any loss function
-    loss = build_loss(job.get("loss", "ce"), num_classes, 255)
+    if job.get("target", "labels") == "float":
+        teacher = inference_model(build_twin(job["model"], **job["builder_kwargs"]))
+        teacher.load_weights(job["weights"])
+        teacher.trainable = False
+        dataset = dataset.map(lambda x, y: (x, teacher(x, training=False)))
+        loss = DistillationLoss()
+    else:
+        loss = build_loss(job.get("loss", "ce"), num_classes, 255)
 
     def fit(m, callbacks, stage, lr=job["lr"]):
         m.compile(optimizer=tf_keras.optimizers.Adam(lr), loss=loss)

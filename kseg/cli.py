@@ -30,7 +30,8 @@ def _add_tta(p):
 
 
 def _parser():
-    from export.optimize import FINE_TUNE_LR, QAT_LR  # numpy and kseg.errors only: no TensorFlow at parse time
+    # numpy and kseg.errors only: no TensorFlow at parse time
+    from export.optimize import FINE_TUNE_LR, FINE_TUNE_TARGETS, QAT_LR
 
     ap = argparse.ArgumentParser(prog="kseg", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -77,6 +78,9 @@ def _parser():
                    help="fine-tuning steps for --prune / --cluster / --qat")
     p.add_argument("--lr", type=float, help=f"fine-tuning learning rate (Adam) for those steps (default "
                    f"{FINE_TUNE_LR:g} for --prune / --cluster, {QAT_LR:g} for --qat)")
+    p.add_argument("--fine-tune-target", default="float", choices=FINE_TUNE_TARGETS,
+                   help="what those steps fit: the trained model's own outputs (float: distillation, the default) "
+                        "or the training labels with the config's loss")
     p.add_argument("--no-report", action="store_true", help="skip the verification report")
 
     p = sub.add_parser("run", help="run a .tflite model on a camera, video or images (kseg-edge run)")
@@ -126,7 +130,8 @@ def _run(args):
 
         export_model(args.model, mode=args.to, config_path=args.config, out_path=args.out,
                      num_calibration=args.calibration, io_dtype=args.io, prune=args.prune, cluster=args.cluster,
-                     qat=args.qat, fine_tune_steps=args.steps, fine_tune_lr=args.lr, report=not args.no_report)
+                     qat=args.qat, fine_tune_steps=args.steps, fine_tune_lr=args.lr,
+                     fine_tune_target=args.fine_tune_target, report=not args.no_report)
     elif args.command == "run":
         from edge.cli import main as edge_main
 

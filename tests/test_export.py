@@ -345,3 +345,5 @@ def test_export_errors(trained, tmp_path):
     for bad in (0, -1e-4, 2.0, "fast"):
         with pytest.raises(ConfigError, match="--lr"):
             export_model(root / "best.keras", "int8", config_path=path, qat=True, fine_tune_lr=bad)
+    with pytest.raises(ConfigError, match="--fine-tune-target 'teacher'.*float, labels"):
+        export_model(root / "best.keras", "int8", config_path=path, qat=True, fine_tune_target="teacher")

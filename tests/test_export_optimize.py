@@ -33,7 +33,7 @@ def test_prune_then_cluster_reach_sparsity_and_cluster_count_per_layer(trained, 
     reports its progress (here, stderr not being a terminal, one line at its end)."""
     # a weighted sum of kseg (Keras 3) losses fine-tunes the tf_keras twin, as a config's loss would
     model, result = _optimize(trained, verbose=True, prune=0.75, cluster=8, steps=20, mode="float32",
-                              loss={"ce": 1.0, "dice": 1.0})
+                              loss={"ce": 1.0, "dice": 1.0}, target="labels")
     assert re.findall(r"^  (\w+): 20/20  loss \d+\.\d{4}$", capsys.readouterr().err, re.M) == ["pruning", "clustering"]
     assert result["sparsity"] and set(result["sparsity"]) == set(result["clusters"])
     for layer, sparsity in result["sparsity"].items():
@@ -45,6 +45,22 @@ def test_prune_then_cluster_reach_sparsity_and_cluster_count_per_layer(trained, 
     assert abs(np.mean(kernel == 0) - 0.75) <= 0.01 and np.unique(kernel).size <= 8
     # sparse, shared weights compress: the gzip size falls well below the dense model's
     assert result["gzip_ratio"] < 0.6, result["gzip_ratio"]
+
+
+def test_fine_tuning_towards_the_float_model_keeps_its_predictions(trained):  # noqa: F811
+    """``fine_tune_target="float"`` (the default) distils: QAT fine-tunes towards the trained model's logits, not
+    the labels, so its int8 file predicts what the trained model predicts, where label fine-tuning at the same
+    rate has moved away from it."""
+    from export.api import export_model
+
+    root, path = trained
+    agreement = {}
+    for target in ("float", "labels"):
+        result = export_model(root / "best.keras", "int8", config_path=path, out_path=root / f"qat_{target}.tflite",
+                              num_calibration=8, qat=True, fine_tune_steps=30, fine_tune_lr=1e-3,
+                              fine_tune_target=target, verbose=False)
+        agreement[target] = result["report"]["stages"]["int8"]["agreement"]
+    assert agreement["float"] >= 0.97 and agreement["float"] >= agreement["labels"] + 0.03, agreement
 
 
 @pytest.mark.slow

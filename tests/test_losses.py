@@ -12,6 +12,7 @@ from kseg.errors import ConfigError, KsegError  # noqa: E402
 from kseg.losses import (  # noqa: E402
     CrossEntropyLoss,
     DiceLoss,
+    DistillationLoss,
     FocalLoss,
     LovaszSoftmaxLoss,
     TverskyLoss,
@@ -78,6 +79,31 @@ def test_focal_by_hand_and_gamma_zero_is_cross_entropy():
     assert value(FocalLoss(gamma=2.0, alpha=0.25)) == pytest.approx(expected, rel=1e-5)
     labels, logits = random_case()
     assert value(FocalLoss(gamma=0.0), labels, logits) == pytest.approx(value(CrossEntropyLoss(), labels, logits))
+
+
+def test_distillation_by_hand_zero_at_the_teacher_and_pulls_towards_it():
+    # teacher pixel 1 is (1/4, 3/4), the student's (1/2, 1/2); pixel 0 agrees: KL = (1/4 ln 1/2 + 3/4 ln 3/2) / 2
+    student = np.zeros_like(LOGITS)
+    expected = (0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)) / 2
+    assert float(DistillationLoss()(LOGITS, student)) == pytest.approx(expected, rel=1e-5)
+    assert float(DistillationLoss()(LOGITS, LOGITS + 5.0)) == pytest.approx(0.0, abs=1e-6)  # softmax is shift-free
+    # one channel: a sigmoid logit, the two-class case of (0, logit)
+    assert float(DistillationLoss()(LOGITS[..., 1:], student[..., 1:])) == pytest.approx(expected, rel=1e-5)
+    # the temperature softens both sides and scales the value by its square: T = 2 halves the logits
+    p = np.exp(LOGITS[0, 0, 1] / 2) / np.exp(LOGITS[0, 0, 1] / 2).sum()
+    expected_t2 = 4 * float(np.sum(p * np.log(p / 0.5))) / 2
+    assert float(DistillationLoss(temperature=2.0)(LOGITS, student)) == pytest.approx(expected_t2, rel=1e-5)
+    student = tf.Variable(student)
+    with tf.GradientTape() as tape:
+        loss = DistillationLoss()(LOGITS, student)
+    grad = tape.gradient(loss, student).numpy()
+    # d KL / d student logits = (p_student - p_teacher) / pixels: the student's class-1 logit goes up
+    np.testing.assert_allclose(grad[0, 0, 1], [(0.5 - 0.25) / 2, (0.5 - 0.75) / 2], atol=1e-6)
+    np.testing.assert_allclose(grad[0, 0, 0], 0.0, atol=1e-7)
+    clone = keras.losses.deserialize(keras.losses.serialize(DistillationLoss(temperature=2.0)))
+    assert type(clone) is DistillationLoss and clone.temperature == 2.0
+    with pytest.raises(ValueError, match="temperature"):
+        DistillationLoss(temperature=0)
 
 
 def test_dice_and_tversky_by_hand():

@@ -11,6 +11,7 @@ from kseg.losses.builder import WeightedSumLoss, build_loss, list_losses, regist
 from kseg.losses.segmentation import (
     CrossEntropyLoss,
     DiceLoss,
+    DistillationLoss,
     FocalLoss,
     LovaszSoftmaxLoss,
     SegmentationLoss,
@@ -21,6 +22,7 @@ __all__ = [
     "ActiveContourLoss",
     "CrossEntropyLoss",
     "DiceLoss",
+    "DistillationLoss",
     "FocalLoss",
     "LovaszSoftmaxLoss",
     "SegmentationLoss",

@@ -10,7 +10,10 @@ classes with the loss's own arguments and drop pixels with the ignore label.
 import keras
 import tensorflow as tf
 
-__all__ = ["CrossEntropyLoss", "DiceLoss", "FocalLoss", "LovaszSoftmaxLoss", "SegmentationLoss", "TverskyLoss"]
+__all__ = [
+    "CrossEntropyLoss", "DiceLoss", "DistillationLoss", "FocalLoss", "LovaszSoftmaxLoss", "SegmentationLoss",
+    "TverskyLoss",
+]
 
 
 def _as_tuple(values, what):
@@ -114,6 +117,45 @@ class CrossEntropyLoss(SegmentationLoss):
 
     def get_config(self):
         return {**super().get_config(), "class_weights": self.class_weights}
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class DistillationLoss(keras.losses.Loss):
+    """Per-pixel KL divergence from a teacher's class distribution to the student's, averaged over pixels.
+
+    Hinton et al., "Distilling the Knowledge in a Neural Network", arXiv 1503.02531; as the target of
+    quantization-aware training and pruning, Polino et al., "Model compression via distillation and quantization",
+    ICLR 2018 (arXiv 1802.05668). ``y_true`` holds the teacher's logits, ``y_pred`` the student's, both
+    ``(B, ..., C)``; one channel is read as a sigmoid logit. No ignore label: the teacher has an answer for every
+    pixel. The value is 0 when the two agree, so it reads as the distance left to the teacher.
+
+    Args:
+        temperature: both distributions are softened by it; the gradient is scaled by its square, as in the paper.
+        name: name of the loss.
+
+    Example:
+        >>> loss = DistillationLoss()
+        >>> student.compile(optimizer="adam", loss=loss)  # doctest: +SKIP
+        >>> student.fit(images.map(lambda x: (x, teacher(x))))  # doctest: +SKIP
+    """
+
+    def __init__(self, temperature=1.0, name="distillation"):
+        super().__init__(name=name, dtype="float32")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def call(self, y_true, y_pred):
+        teacher = tf.cast(y_true, tf.float32) / self.temperature
+        student = tf.cast(y_pred, tf.float32) / self.temperature
+        if teacher.shape[-1] == 1:  # a sigmoid logit: the two-class softmax of (0, logit)
+            teacher, student = (tf.concat([tf.zeros_like(t), t], -1) for t in (teacher, student))
+        log_t, log_s = tf.nn.log_softmax(teacher), tf.nn.log_softmax(student)
+        kl = tf.reduce_sum(tf.exp(log_t) * (log_t - log_s), axis=-1)
+        return tf.reduce_mean(kl) * self.temperature ** 2
+
+    def get_config(self):
+        return {"name": self.name, "temperature": self.temperature}
 
 
 @keras.saving.register_keras_serializable(package="kseg")
