@@ -12,6 +12,9 @@ stripped weights (moved into a Keras 3 copy of the model) or, after QAT, the int
   initialised linearly over the weights' range (the paper's best), sparsity preserved after pruning.
 - QAT: fake-quantized fine-tuning (Jacob et al., "Quantization and Training of Neural Networks for Efficient
   Integer-Arithmetic-Only Inference", CVPR 2018, arXiv 1712.05877), pruning / cluster preserving after those.
+- Each stage fine-tunes towards the trained model's own logits by default (distillation: Polino et al., "Model
+  compression via distillation and quantization", ICLR 2018, arXiv 1802.05668), so that it recovers what the
+  compression costs without drifting from the validated checkpoint; or on the labels (``target="labels"``).
 
 Example:
     >>> from export.api import export_model
