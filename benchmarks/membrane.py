@@ -153,4 +153,7 @@ def _load(avg):
 
 
 if __name__ == "__main__":
+    from kseg.native_log import start_tensorflow
+
+    start_tensorflow()  # its start-up lines are not for readers of the results
     sys.exit(main())

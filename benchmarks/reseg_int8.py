@@ -110,4 +110,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from kseg.native_log import start_tensorflow
+
+    start_tensorflow()  # its start-up lines are not for readers of the results
     main()

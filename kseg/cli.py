@@ -159,16 +159,13 @@ def _start_tensorflow(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.command == "run" or getattr(args, "action", None) == "formats":  # no TensorFlow in these
         return
-    from kseg.native_log import held_native_output, import_tensorflow
+    from kseg.native_log import start_tensorflow
 
     try:
-        tf = import_tensorflow()
+        start_tensorflow(devices=args.command != "train")
     except ImportError as e:  # an edge-only install (numpy, OpenCV, LiteRT)
         raise ConfigError(f"kseg {args.command} needs TensorFlow ({e}): pip install 'kseg[train,export]'; "
                           "on a device, kseg-edge runs exported models without it") from None
-    if args.command != "train":
-        with held_native_output():  # CUDA probing: "failed call to cuInit" on a machine without a usable GPU
-            tf.config.list_logical_devices()
 
 
 def main(argv=None):

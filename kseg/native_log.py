@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 
-__all__ = ["quiet_requested", "held_native_output", "import_tensorflow"]
+__all__ = ["quiet_requested", "held_native_output", "import_tensorflow", "start_tensorflow"]
 
 
 def quiet_requested():
@@ -59,6 +59,19 @@ def import_tensorflow():
     """Imports TensorFlow with its start-up lines held back (:func:`held_native_output`)."""
     with held_native_output():
         import tensorflow as tf
+    return tf
+
+
+def start_tensorflow(devices=True):
+    """Imports TensorFlow as a command does: ``TF_CPP_MIN_LOG_LEVEL=2`` unless the user set it, the start-up lines
+    held back and, with ``devices``, its devices created with their CUDA probing lines held back too ("failed call
+    to cuInit" on a machine without a usable GPU). A multi-worker strategy must be set up before the devices are
+    created: ``devices=False`` leaves that to it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tf = import_tensorflow()
+    if devices:
+        with held_native_output():
+            tf.config.list_logical_devices()
     return tf
 
 
