@@ -221,8 +221,10 @@ def optimize(model, model_name, builder_kwargs, data_cfg, prune=None, cluster=No
         with open(os.path.join(tmp, "job.json"), "w") as f:
             json.dump(job, f)
         if verbose:
+            aim = "the trained model's outputs (distillation)" if target == "float" else "the labels"
             print(f"fine-tuning the tf_keras twin in a worker process ({steps} steps per stage: "
-                  f"{', '.join(k for k, v in (('prune', prune), ('cluster', cluster), ('qat', qat)) if v)})")
+                  f"{', '.join(k for k, v in (('prune', prune), ('cluster', cluster), ('qat', qat)) if v)}) "
+                  f"towards {aim}")
         run_worker(os.path.join(tmp, "job.json"), verbose)
         with open(os.path.join(tmp, "result.json")) as f:
             result = json.load(f)
