@@ -170,6 +170,9 @@ def main(argv=None):
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
+        from kseg.native_log import start_tensorflow
+
+        start_tensorflow()  # the parent, which prints the results, does not import TensorFlow
         print(json.dumps(train_one_epoch(args.child, args.batch_size)))
         return
     work = Path(tempfile.mkdtemp(prefix="kseg-data-scale-", dir=args.data))
@@ -194,7 +197,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from kseg.native_log import start_tensorflow
-
-    start_tensorflow()  # its start-up lines are not for readers of the results
     main()

@@ -54,7 +54,4 @@ def main():
 
 
 if __name__ == "__main__":
-    from kseg.native_log import start_tensorflow
-
-    start_tensorflow()  # its start-up lines are not for readers of the results
     main()
