@@ -513,7 +513,7 @@ def main(job_path):
     steps = int(job["steps"])
 
     # kseg's losses are Keras 3 objects over TensorFlow ops: tf_keras calls them like any loss function
-    if job.get("target", "labels") == "float":
+    if job["target"] == "float":
         teacher = inference_model(build_twin(job["model"], **job["builder_kwargs"]))
         teacher.load_weights(job["weights"])
         teacher.trainable = False
