@@ -28,7 +28,8 @@ import numpy as np
 from edge.interpreter import limit_malloc_arenas, release_file_pages
 from edge.pipeline import Pipeline, latency_ms
 from edge.runtime import INTERPOLATIONS, open_model
-from edge.sources import CV_LOG_ERROR, CaptureSource, Channel, open_source, opencv_log_level, start_stage
+from edge.sources import (CV_LOG_ERROR, CaptureSource, Channel, open_source, opencv_log_level, start_stage,
+                          yield_to_inference)
 from kseg import argtypes, viz
 from kseg.errors import ConfigError, KsegError
 
@@ -56,6 +57,11 @@ def main(argv=None):
         log.setLevel(logging.INFO)
     limit_malloc_arenas()
     release_file_pages()  # what the imports' read-ahead mapped (OpenCV, LiteRT, numpy): see its docstring
+    # The pipeline's threads are the parallelism: OpenCV splitting a 0.1-ms resize over its own worker threads
+    # wakes one on the core the interpreter runs on (0.25 ms of CPU a 640x480 frame, nearly all of it waking up
+    # and going back to sleep; docs/edge.md).
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     try:
         return args.func(args)
     except KsegError as e:
@@ -63,6 +69,8 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        cv2.setNumThreads(cv_threads)
 
 
 def _parser():
@@ -160,10 +168,26 @@ def render(image, result, mode, segmenter, alpha):
 
 def draw_text(image, text):
     """Draw ``text`` at the top left, scaled to the image, white on a dark outline (readable on any scene)."""
-    scale = max(0.35, image.shape[1] / 1400)
+    patch, ink, rest = _text_stamp(text, image.shape[1])
+    h, w = ink.shape[:2]
+    h, w = min(h, image.shape[0]), min(w, image.shape[1])
+    roi = image[:h, :w]
+    roi[:] = cv2.blendLinear(patch[:h, :w], roi, ink[:h, :w], rest[:h, :w])
+
+
+@functools.lru_cache(maxsize=8)
+def _text_stamp(text, width):
+    """``text`` rendered once, as a colour patch and its per-pixel blend weights: the on-screen line changes twice a
+    second, and anti-aliased text drawn on every frame costs 0.25 ms of a 640x480 frame's budget (Meter)."""
+    scale = max(0.35, width / 1400)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 3)
     origin = (6, int(8 + 22 * scale))
-    for color, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
-        cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
+    size = (origin[1] + base + 3, origin[0] + tw + 3)
+    outline, patch = np.zeros(size, np.uint8), np.zeros((*size, 3), np.uint8)
+    cv2.putText(outline, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, 255, 3, cv2.LINE_AA)
+    cv2.putText(patch, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    ink = outline.astype(np.float32) / 255.0
+    return patch, ink, 1.0 - ink
 
 
 class Sink:
@@ -201,8 +225,9 @@ class Sink:
 
     def _drain(self, status):
         try:
-            while (item := self._queue.get()) is not None:
-                self._write(*item)
+            with yield_to_inference():
+                while (item := self._queue.get()) is not None:
+                    self._write(*item)
         finally:
             self._queue.close()  # a failed writer must not leave the loop blocked on a full queue
 
@@ -245,18 +270,24 @@ def open_video_writer(path, fourcc, fps, size):
 
 
 class Meter:
-    """Frame rate (exponential average of frame intervals) and end-to-end latencies of a run."""
+    """Frame rate and end-to-end latencies of a run. ``label`` is the on-screen line (frame rate, latency and invoke
+    time over the last half second): refreshed twice a second, as numbers that change every frame cannot be read."""
+
+    REFRESH_S = 0.5
 
     def __init__(self):
-        self.start = self._last = time.perf_counter()
-        self.fps, self.latencies = 0.0, []
+        self.start = self._shown_at = time.perf_counter()
+        self.latencies, self.label, self._invokes = [], "", []
 
     def tick(self, output):
         now = time.perf_counter()
-        rate = 1.0 / max(now - self._last, 1e-6)
-        self.fps = rate if not self.latencies else 0.9 * self.fps + 0.1 * rate
-        self._last = now
         self.latencies.append(latency_ms(output))
+        self._invokes.append(output.result.timings["invoke"])
+        if now - self._shown_at >= self.REFRESH_S or len(self.latencies) == 1:
+            n = len(self._invokes)
+            self.label = (f"{n / max(now - self._shown_at, 1e-6):.1f} FPS  {np.mean(self.latencies[-n:]):.0f} ms  "
+                          f"invoke {np.mean(self._invokes):.1f} ms")
+            self._shown_at, self._invokes = now, []
 
     def summary(self, dropped):
         n, wall = len(self.latencies), time.perf_counter() - self.start
@@ -297,21 +328,21 @@ def _loop(pipe, segmenter, sink, meter, args):
     mode = args.mode
     snapshots = args.out if sink and sink.fourcc is None else "."
     release_file_pages()  # the libraries' start-up code has run; the frame loop faults back what it uses
-    for out in pipe:
-        view = render(out.frame.image, out.result, mode, segmenter, args.alpha)
-        meter.tick(out)
-        draw_text(view, f"{meter.fps:.1f} FPS  {meter.latencies[-1]:.0f} ms  "
-                        f"invoke {out.result.timings['invoke']:.1f} ms")
-        if sink:
-            sink.write(out.frame.name, view)
-        key = -1 if args.headless else _show(view)
-        if key in (ord("q"), 27) or len(meter.latencies) == args.max_frames:
-            return
-        if key == ord("m"):
-            mode = MODES[(MODES.index(mode) + 1) % len(MODES)]
-        elif key == ord("s"):
-            path = os.path.join(snapshots, f"kseg_edge_{out.frame.name}_{mode}.png")
-            print(f"kseg-edge: saved {path}" if cv2.imwrite(path, view) else f"kseg-edge: cannot write {path}")
+    with yield_to_inference():
+        for out in pipe:
+            view = render(out.frame.image, out.result, mode, segmenter, args.alpha)
+            meter.tick(out)
+            draw_text(view, meter.label)
+            if sink:
+                sink.write(out.frame.name, view)
+            key = -1 if args.headless else _show(view)
+            if key in (ord("q"), 27) or len(meter.latencies) == args.max_frames:
+                return
+            if key == ord("m"):
+                mode = MODES[(MODES.index(mode) + 1) % len(MODES)]
+            elif key == ord("s"):
+                path = os.path.join(snapshots, f"kseg_edge_{out.frame.name}_{mode}.png")
+                print(f"kseg-edge: saved {path}" if cv2.imwrite(path, view) else f"kseg-edge: cannot write {path}")
 
 
 def _open_window():

@@ -1,5 +1,4 @@
-"""Capture, pre-processing and inference in their own threads, so throughput is that of the slowest stage, not of
-their sum."""
+"""Capture and inference in their own threads, so throughput is that of the slowest stage, not of their sum."""
 
 import functools
 import itertools
@@ -19,12 +18,13 @@ class Output(NamedTuple):
 
 
 class Pipeline:
-    """capture thread -> pre-processing thread -> inference thread(s) -> the caller, which iterates ``Output`` (and
-    draws, shows, writes).
+    """capture thread (decoding and pre-processing) -> inference thread(s) -> the caller, which iterates ``Output``
+    (and draws, shows, writes).
 
     The inference threads only run the interpreter: resizing the frame to the model's input happens before them, in
-    its own thread, and the argmax and resize back to the frame (``segmenter.finish``) happen in the caller's
-    thread as each output is taken. So on a machine with a core to spare the frame rate is the interpreter's.
+    the capture thread, and the argmax and resize back to the frame (``segmenter.finish``) happen in the caller's
+    thread as each output is taken. The capture thread yields to them (``edge.sources.yield_to_inference``; the
+    caller's loop should too), so on a machine with a core to spare the frame rate is the interpreter's.
 
     Args:
         source: a frame source (``edge.sources``).
@@ -42,12 +42,11 @@ class Pipeline:
             raise ValueError(f"workers must be at least 1, got {workers}")
         models = [segmenter] + [segmenter.replica() for _ in range(workers - 1)]
         self.segmenter, self._order, self._late = segmenter, itertools.count(), 0
-        self.reader = ThreadedReader(source, keep_all=keep_all, pace=pace)
+        self.reader = ThreadedReader(source, keep_all=keep_all, pace=pace, prepare=self._prepare)
         self._keep_all = self.reader.channel.keep_all
-        self.inputs, self.results = Channel(keep_all=self._keep_all), Channel(keep_all=self._keep_all)
-        self._threads = (*start_stage("kseg-prepare", self._prepare, self.reader.channel, self.inputs),
-                         *start_stage("kseg-infer", [functools.partial(self._infer, m) for m in models],
-                                      self.inputs, self.results))
+        self.results = Channel(keep_all=self._keep_all)
+        self._threads = start_stage("kseg-infer", [functools.partial(self._infer, m) for m in models],
+                                    self.reader.channel, self.results)
 
     def _prepare(self, item):
         frame, captured_at = item
@@ -87,7 +86,7 @@ class Pipeline:
     @property
     def dropped(self):
         """Frames skipped because a later one arrived (or came out of inference) first; live sources only."""
-        return self.reader.dropped + self.inputs.dropped + self.results.dropped + self._late
+        return self.reader.dropped + self.results.dropped + self._late
 
     def close(self):
         self.results.close()

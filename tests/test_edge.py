@@ -19,9 +19,10 @@ import pytest
 
 from edge import cli
 from edge.interpreter import load_interpreter, run_once
-from edge.pipeline import Pipeline
+from edge.pipeline import Output, Pipeline
 from edge.runtime import Result, Segmenter, class_ids
-from edge.sources import CaptureSource, Channel, GeneratedSource, SourceError, open_source, opencv_log_level
+from edge.sources import (CaptureSource, Channel, GeneratedSource, SourceError, open_source, opencv_log_level,
+                          yield_to_inference)
 from kseg import viz
 from kseg.errors import ModelFileError
 
@@ -273,6 +274,58 @@ def test_cli_run_writes_every_frame_of_a_video(models, video, tmp_path, capsys):
     assert count == 12
 
 
+def test_on_screen_line_refreshes_twice_a_second_and_is_drawn_from_a_cache(monkeypatch):
+    """The FPS / latency / invoke line holds for half a second (its means over that window), and the cached stamp
+    draws what two anti-aliased putText passes (dark outline, white text) draw, within rounding, on the top rows
+    only; a frame narrower than the text gets it clipped."""
+    clock = [100.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    meter = cli.Meter()
+
+    def tick(invoke_ms, latency_ms):
+        result = Result(np.zeros((2, 2), np.uint8), {"invoke": invoke_ms}, None)
+        meter.tick(Output(None, result, clock[0] - latency_ms / 1e3))
+
+    clock[0] += 0.125
+    tick(3.0, 20.0)
+    assert meter.label == "8.0 FPS  20 ms  invoke 3.0 ms"
+    for _ in range(3):  # 0.375 s more: the line holds
+        clock[0] += 0.125
+        tick(5.0, 40.0)
+    assert meter.label == "8.0 FPS  20 ms  invoke 3.0 ms"
+    clock[0] += 0.125
+    tick(7.0, 40.0)
+    assert meter.label == "8.0 FPS  40 ms  invoke 5.5 ms"
+
+    text = "30.0 FPS  12 ms  invoke 3.2 ms"
+    for w, h in ((640, 480), (1280, 720)):
+        frame = np.random.default_rng(w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        direct, cached = frame.copy(), frame.copy()
+        scale = max(0.35, w / 1400)
+        for color, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+            cv2.putText(direct, text, (6, int(8 + 22 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness,
+                        cv2.LINE_AA)
+        cli.draw_text(cached, text)
+        assert np.abs(direct.astype(int) - cached).max() <= 6
+        changed = np.argwhere((cached != frame).any(axis=-1))
+        assert len(changed) > 200 and changed[:, 0].max() < 40
+    small = np.zeros((HUD_ROWS, 30, 3), np.uint8)
+    cli.draw_text(small, text)
+    assert small.max() > 200  # the first letters, anti-aliased at the small scale
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="Linux scheduling policies")
+def test_helper_threads_yield_to_inference_and_get_their_policy_back():
+    """``yield_to_inference`` makes the calling thread a batch thread for the block, and restores the policy it
+    had, also when the block raises."""
+    before = os.sched_getscheduler(0)
+    with pytest.raises(RuntimeError):
+        with yield_to_inference():
+            assert os.sched_getscheduler(0) == os.SCHED_BATCH
+            raise RuntimeError("a frame loop that fails")
+    assert os.sched_getscheduler(0) == before
+
+
 def test_cli_run_folder_skips_corrupt_image(models, tmp_path, capsys):
     folder, out = tmp_path / "images", tmp_path / "views"
     folder.mkdir()
@@ -374,22 +427,27 @@ def test_live_reader_delivers_fresh_frames_to_a_slow_consumer(models):
 
 
 def test_pipeline_splits_the_work_over_threads_and_matches_segment(models):
-    """Pre-processing runs in its own thread, the inference thread only invokes, and the argmax / resize back runs
-    in the consuming thread; masks (with temporal smoothing, whose state follows the frame order) equal those of
-    ``Segmenter.segment`` frame by frame."""
+    """Pre-processing runs in the capture thread, as a batch thread that yields to inference (Linux); the inference
+    thread only invokes, at the normal policy; the argmax / resize back runs in the consuming thread. Masks (with
+    temporal smoothing, whose state follows the frame order) equal those of ``Segmenter.segment`` frame by
+    frame."""
     frames = [np.random.default_rng(i).integers(0, 256, (*FRAME, 3), dtype=np.uint8) for i in range(6)]
     reference = Segmenter(models["int8"], smoothing=0.5)
     expected = [reference.segment(f).mask for f in frames]
-    seg, where = Segmenter(models["int8"], smoothing=0.5), {}
+    seg, where, policies = Segmenter(models["int8"], smoothing=0.5), {}, {}
     for name in ("preprocess", "invoke", "finish"):
         def traced(*args, _name=name, _call=getattr(seg, name), **kwargs):
             where.setdefault(_name, set()).add(threading.current_thread().name)
+            if hasattr(os, "sched_getscheduler"):
+                policies.setdefault(_name, set()).add(os.sched_getscheduler(0))
             return _call(*args, **kwargs)
         setattr(seg, name, traced)
     with Pipeline(GeneratedSource(lambda i: frames[i], count=len(frames)), seg) as pipe:
         outputs = list(pipe)
-    assert where == {"preprocess": {"kseg-prepare"}, "invoke": {"kseg-infer"},
+    assert where == {"preprocess": {"kseg-capture"}, "invoke": {"kseg-infer"},
                      "finish": {threading.current_thread().name}}
+    if sys.platform == "linux":
+        assert policies["preprocess"] == {os.SCHED_BATCH} and policies["invoke"] == {os.SCHED_OTHER}
     for out, mask in zip(outputs, expected, strict=True):
         np.testing.assert_array_equal(out.result.mask, mask)
         assert set(out.result.timings) == {"pre", "invoke", "post"}
