@@ -16,7 +16,7 @@ pipeline with two 1-thread interpreters (``--workers 2 --threads 1``). Then the 
 process on the int8 model, beside that of a process that only imports TensorFlow.
 
 Usage:
-    .venv/bin/python benchmarks/edge.py [--frames 200] [--mediapipe PATH] [--out runs/bench-edge]
+    .venv/bin/python benchmarks/edge.py [--frames 200] [--repeats 3] [--mediapipe PATH] [--out runs/bench-edge]
 
 Everything printed is also written to ``<out>/edge.md``. The machine is shared: compare ratios within one run.
 """
@@ -59,10 +59,10 @@ def build_zoo_model(path, size=256, num_classes=21):
     return path
 
 
-def bench(model, flags, frames):
+def bench(model, flags, frames, repeats):
     """Run ``kseg-edge bench`` in a fresh process; returns its stdout and the parsed rows."""
     cmd = [sys.executable, "-m", "edge.cli", "bench", model, "--threads", "1", "2", "--frames", str(frames),
-           "--size", "640x480", "1280x720", *flags]
+           "--repeats", str(repeats), "--size", "640x480", "1280x720", *flags]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout
     return out, [m.groups() for m in map(ROW.match, out.splitlines()) if m]
 
@@ -77,7 +77,8 @@ def peak_rss_mb(cmd):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--frames", type=int, default=200, help="frames per row (default 200)")
+    p.add_argument("--frames", type=int, default=200, help="frames per measurement (default 200)")
+    p.add_argument("--repeats", type=int, default=3, help="turns of every measurement, medians (default 3)")
     p.add_argument("--mediapipe", default=PEER, help="the MediaPipe selfie segmentation .tflite")
     p.add_argument("--out", default=os.path.join(REPO, "runs", "bench-edge"))
     args = p.parse_args(argv)
@@ -96,7 +97,7 @@ def main(argv=None):
               "live FPS | live latency p50 / p90 (ms) | pipeline, `--workers N --threads 1` (ratio) | "
               "its live latency p50 / p90 (ms) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for title, path, flags in models:
-        out, rows = bench(path, flags, args.frames)
+        out, rows = bench(path, flags, args.frames, args.repeats)
         print(out)
         by = {(r[0], r[1], r[2]): r for r in rows}
 

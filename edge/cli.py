@@ -4,7 +4,7 @@ Usage:
     kseg-edge run MODEL.tflite --source 0|video.mp4|rtsp://..|folder [--out out.mp4|outdir] [--headless]
                   [--threads N] [--edgetpu] [--alpha A] [--letterbox] [--mode overlay|mask|side] [--smooth S]
                   [--labels FILE] [--realtime] [--max-frames N] [--score-threshold T]
-    kseg-edge bench MODEL.tflite [--threads 1 2] [--frames N] [--size 640x480 1280x720]
+    kseg-edge bench MODEL.tflite [--threads 1 2] [--frames N] [--repeats R] [--size 640x480 1280x720]
 
 Live sources (cameras, streams) hand over the newest frame only; files are processed frame by frame
 (``--realtime`` plays them at their frame rate and drops what inference cannot keep up with). A Mask R-CNN export
@@ -118,6 +118,8 @@ def _parser():
     model_args(bench)
     bench.add_argument("--threads", type=argtypes.whole, nargs="+", default=[1], help="thread counts to compare")
     bench.add_argument("--frames", type=argtypes.whole, default=200, help="frames per measurement (default 200)")
+    bench.add_argument("--repeats", type=argtypes.whole, default=1,
+                       help="measure everything this many times in turns; medians (default 1)")
     bench.add_argument("--size", type=_size, nargs="+", default=[(640, 480)],
                        help="generated frame sizes WxH (default 640x480)")
     bench.set_defaults(func=_bench)
@@ -365,33 +367,40 @@ def _bench(args):
     pipeline exactly as ``run --headless --out`` drives it (decode, pre-process, invoke, post-process, overlay,
     write) and the same fed live (frames paced at 30 FPS, latest only) for capture-to-output latency. With N > 1
     threads, also ``workers`` / ``wlive``: the pipeline with N 1-thread interpreters (``run --workers N --threads
-    1``), against the same N-thread invoke rate."""
+    1``), against the same N-thread invoke rate.
+
+    With ``--repeats R`` every measurement is taken R times in turns, each stage's ratio against the invoke rate
+    measured just before it; a row gives the median FPS and median ratio (on a shared machine the speed drifts
+    between seconds, and a ratio of two runs far apart measures the drift)."""
     import tempfile
 
-    print(f"model {args.model}  {args.frames} frames per row; ratio = FPS / bare invoke FPS; latency = capture to "
-          "written view (live: also in intervals of its output frame rate)")
+    print(f"model {args.model}  {args.frames} frames per measurement, {args.repeats} turn(s); ratio = FPS / bare "
+          "invoke FPS of the same turn (median over turns); latency = capture to written view (live: also in "
+          "intervals of its output frame rate)")
     print(f"{'frame':>9} {'threads':>7}  {'stage':<11}{'p50 ms':>8}{'p90 ms':>8}{'FPS':>8}{'ratio':>7}")
     for w, h in args.size:
         with tempfile.TemporaryDirectory() as tmp:
             video = write_bench_video(os.path.join(tmp, "bench.avi"), (w, h), args.frames)
             for threads in args.threads:
                 segmenter = _segmenter(args, threads)
-                row = functools.partial(_row, f"{w}x{h}", threads)
-                times = _invoke_times(segmenter, video, args.frames)
-                invoke_fps = 1e3 / np.mean(times)
-                row("invoke", times, invoke_fps, invoke_fps)
-                fps, lat = _sequential(segmenter, video, os.path.join(tmp, "seq.avi"))
-                row("sequential", lat, fps, invoke_fps)
+                stages = {"sequential": functools.partial(_sequential, segmenter, video, os.path.join(tmp, "s.avi"))}
                 # with several threads: also as many 1-thread interpreters, each on its own frame (--workers)
                 for workers in (1, threads) if threads > 1 else (1,):
                     model = segmenter if workers == 1 else _segmenter(args, 1)
                     for live in (False, True):
-                        fps, lat, dropped = _threaded(model, video, os.path.join(tmp, "out.avi"), live, workers)
-                        note = (f"  latency p50 {np.percentile(lat, 50) * fps / 1e3:.2f} / p90 "
-                                f"{np.percentile(lat, 90) * fps / 1e3:.2f} intervals, {dropped} dropped"
-                                if live else "")
                         stage = ("live" if live else "pipeline") if workers == 1 else ("wlive" if live else "workers")
-                        row(stage, lat, fps, invoke_fps, note)
+                        stages[stage] = functools.partial(_threaded, model, video, os.path.join(tmp, "o.avi"), live,
+                                                          workers)
+                turns = {name: [] for name in ("invoke", *stages)}
+                for _ in range(args.repeats):
+                    times = _invoke_times(segmenter, video, args.frames)
+                    invoke_fps = 1e3 / np.mean(times)
+                    turns["invoke"].append((invoke_fps, times, 1.0, 0))
+                    for name, measure in stages.items():
+                        fps, latencies, dropped = measure()
+                        turns[name].append((fps, latencies, fps / invoke_fps, dropped))
+                for name, runs in turns.items():
+                    _row(f"{w}x{h}", threads, name, runs)
     print(f"peak RSS {_peak_rss_mb():.0f} MB")
     return 0
 
@@ -455,7 +464,7 @@ def _sequential(segmenter, video, out):
     wall = time.perf_counter() - start
     cap.release()
     writer.release()
-    return len(latencies) / wall, latencies
+    return len(latencies) / wall, latencies, 0
 
 
 def _threaded(segmenter, video, out, live, workers=1):
@@ -469,9 +478,15 @@ def _threaded(segmenter, video, out, live, workers=1):
     return len(meter.latencies) / (time.perf_counter() - meter.start), meter.latencies, dropped
 
 
-def _row(frame, threads, stage, times, fps, invoke_fps, note=""):
-    print(f"{frame:>9} {threads:>7}  {stage:<11}{np.percentile(times, 50):>8.2f}{np.percentile(times, 90):>8.2f}"
-          f"{fps:>8.1f}{fps / invoke_fps:>7.3f}{note}")
+def _row(frame, threads, stage, runs):
+    """One printed row from the turns ``(fps, latencies_ms, ratio, dropped)`` of a stage: median FPS and ratio,
+    latency percentiles over every turn's frames; live rows also in frame intervals."""
+    fps, ratio = np.median([r[0] for r in runs]), np.median([r[2] for r in runs])
+    latencies = np.concatenate([r[1] for r in runs])
+    p50, p90 = np.percentile(latencies, [50, 90])
+    note = (f"  latency p50 {p50 * fps / 1e3:.2f} / p90 {p90 * fps / 1e3:.2f} intervals, "
+            f"{sum(r[3] for r in runs)} dropped" if stage in ("live", "wlive") else "")
+    print(f"{frame:>9} {threads:>7}  {stage:<11}{p50:>8.2f}{p90:>8.2f}{fps:>8.1f}{ratio:>7.3f}{note}")
 
 
 if __name__ == "__main__":

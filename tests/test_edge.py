@@ -606,6 +606,22 @@ def test_cli_bench_prints_every_stage_with_its_ratio_to_invoke(models, capsys):
     assert re.search(r"peak RSS \d+ MB", out)
 
 
+def test_cli_bench_takes_turns_and_prints_medians(models, capsys, monkeypatch):
+    """``--repeats 3``: every stage is measured three times, each against the invoke rate just before it; a row
+    gives the median FPS and the median of the three ratios, not one FPS over another measured far apart."""
+    invoke_rates, pipeline_rates = iter([100.0, 200.0, 400.0]), iter([90.0, 100.0, 360.0])
+    monkeypatch.setattr(cli, "_invoke_times", lambda *a: [1e3 / next(invoke_rates)] * 4)
+    monkeypatch.setattr(cli, "_sequential", lambda *a: (50.0, [10.0, 20.0], 0))
+    monkeypatch.setattr(cli, "_threaded", lambda *a: (next(pipeline_rates) if not a[3] else 30.0, [5.0, 6.0], 1))
+    assert cli.main(["bench", models["int8"], "--frames", "4", "--repeats", "3", "--size", "64x48"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[2]: line.split() for line in out.splitlines() if re.match(r"\s+\d+x\d+\s", line)}
+    assert rows["invoke"][5:7] == ["200.0", "1.000"]
+    assert rows["pipeline"][5:7] == ["100.0", "0.900"]  # ratios 0.9, 0.5, 0.9; FPS / median invoke would be 0.5
+    assert rows["sequential"][5:7] == ["50.0", "0.250"]
+    assert "3 dropped" in " ".join(rows["live"])
+
+
 def test_open_source_kinds(video, tmp_path):
     assert open_source(video).live is False
     image = tmp_path / "one.jpg"
