@@ -301,9 +301,9 @@ class Meter:
 
 
 def _run(args):
-    if args.workers > 1 and args.edgetpu:
-        raise ConfigError("--workers needs the CPU: one EdgeTPU runs one interpreter at a time (drop --workers)")
     segmenter = _segmenter(args, args.threads, args.smooth)
+    if args.workers > 1 and segmenter.edgetpu:
+        raise ConfigError("--workers needs the CPU: one EdgeTPU runs one interpreter at a time (drop --workers)")
     source = open_source(args.source)
     sink = Sink(args.out, source.fps) if args.out else None
     if not args.headless:

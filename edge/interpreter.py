@@ -13,28 +13,32 @@ except ImportError:  # pragma: no cover - devices with only tflite-runtime
     from tflite_runtime.interpreter import Interpreter, load_delegate
 
 
-def load_interpreter(model_path=None, model_content=None, num_threads=None, edgetpu=False):
+def edgetpu_delegate():
+    """The Coral EdgeTPU delegate (``libedgetpu.so.1``), or None when it does not load: then the CPU runs the
+    model, and a line says so."""
+    try:
+        return load_delegate("libedgetpu.so.1")
+    except (OSError, ValueError) as e:
+        print(f"kseg-edge: EdgeTPU delegate unavailable ({e}); running on the CPU")
+        return None
+
+
+def load_interpreter(model_path=None, model_content=None, num_threads=None, delegate=None):
     """Create and allocate an interpreter.
 
     Args:
         model_path: path to a ``.tflite`` file (or pass ``model_content`` bytes).
         num_threads: XNNPACK threads; ``None`` lets LiteRT decide.
-        edgetpu: try ``libedgetpu.so.1``; on failure fall back to the CPU and say so.
+        delegate: a loaded delegate (``edgetpu_delegate()``), or None for the CPU.
     """
     if model_path is not None and not os.path.isfile(model_path):
         raise ModelFileError(f"model file not found: {model_path}")
-    delegates = []
-    if edgetpu:
-        try:
-            delegates.append(load_delegate("libedgetpu.so.1"))
-        except (OSError, ValueError) as e:
-            print(f"kseg-edge: EdgeTPU delegate unavailable ({e}); running on the CPU")
     name = model_path or "<bytes>"
     # LiteRT announces its XNNPACK delegate on stderr whatever TF_CPP_MIN_LOG_LEVEL says (kseg.native_log)
     with held_native_output(fds=(2,)):
         try:
             interp = Interpreter(model_path=model_path, model_content=model_content,
-                                 num_threads=num_threads, experimental_delegates=delegates or None)
+                                 num_threads=num_threads, experimental_delegates=[delegate] if delegate else None)
         except (ValueError, RuntimeError) as e:
             raise ModelFileError(f"{name} is not a valid TFLite model: {e}") from None
         try:

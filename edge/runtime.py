@@ -24,7 +24,7 @@ import time
 import cv2
 import numpy as np
 
-from edge.interpreter import load_interpreter
+from edge.interpreter import edgetpu_delegate, load_interpreter
 from kseg import viz
 from kseg.errors import ModelFileError
 
@@ -175,8 +175,10 @@ class _FrameModel:
         if interpolation not in INTERPOLATIONS:
             raise ModelFileError(f"{model_path}: interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
         self._shrink = cv2.INTER_AREA if interpolation == "area" else cv2.INTER_LINEAR
-        self.model_path, self.num_threads, self.edgetpu = model_path, num_threads, edgetpu
-        self.interpreter = load_interpreter(model_path, num_threads=num_threads, edgetpu=edgetpu)
+        delegate = edgetpu_delegate() if edgetpu else None
+        # on the Coral only when its delegate loaded: a fallback to the CPU runs like any CPU model (replicas too)
+        self.model_path, self.num_threads, self.edgetpu = model_path, num_threads, delegate is not None
+        self.interpreter = load_interpreter(model_path, num_threads=num_threads, delegate=delegate)
         self.input_details = self.interpreter.get_input_details()[0]
         in_shape = self.input_details["shape"]
         if len(in_shape) != 4 or in_shape[0] != 1 or in_shape[3] != 3:

@@ -512,13 +512,19 @@ def test_replica_has_its_own_interpreter_and_the_same_output(models):
     np.testing.assert_array_equal(twin.invoke(x), seg.invoke(x))
 
 
-def test_workers_need_a_cpu_interpreter(models, video, capsys):
+def test_workers_need_a_cpu_interpreter(models, video, capsys, monkeypatch):
+    """Replicas (``--workers``) of a model on the Coral are refused; where the delegate does not load (no
+    libedgetpu here) the model runs on the CPU and its replicas work."""
+    fallback = Segmenter(models["int8"], edgetpu=True)
+    assert "EdgeTPU delegate unavailable" in capsys.readouterr().out and not fallback.edgetpu
+    assert fallback.replica().interpreter is not fallback.interpreter
     edgetpu = Segmenter(models["int8"])
     edgetpu.edgetpu = True  # as if the Coral delegate had loaded
     with pytest.raises(ValueError, match="one EdgeTPU runs one interpreter"):
         edgetpu.replica()
     with pytest.raises(ValueError, match="at least 1"):
         Pipeline(GeneratedSource(lambda i: None, count=0), Segmenter(models["int8"]), workers=0)
+    monkeypatch.setattr(cli, "_segmenter", lambda *a, **k: edgetpu)
     assert cli.main(["run", models["int8"], "--source", video, "--headless", "--edgetpu", "--workers", "2"]) == 2
     assert "--workers needs the CPU" in capsys.readouterr().err
 
