@@ -249,8 +249,9 @@ class _FrameModel:
             if dtype == np.int8 and zero == -128:  # `--io int8`: byte - 128, which flipping the top bit is
                 return (image ^ np.uint8(0x80)).view(np.int8)
         x = image.astype(np.float32)
-        if self._offset is not None:
-            x = (x - self._offset) / self._scale
+        if self._offset is not None:  # in place: the same float32 arithmetic, without two input-sized temporaries
+            x -= self._offset
+            x /= self._scale
         if dtype == np.float32:
             return x
         info = np.iinfo(dtype)
