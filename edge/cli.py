@@ -273,9 +273,10 @@ def open_video_writer(path, fourcc, fps, size):
 
 class Meter:
     """Frame rate and end-to-end latencies of a run. ``label`` is the on-screen line (frame rate, latency and invoke
-    time over the last half second): refreshed twice a second, as numbers that change every frame cannot be read."""
+    time over the last half second): refreshed twice a second, as numbers that change every frame cannot be read.
+    The first frame's line has no rate (its wait holds the start-up); the first rate comes 10 frames later."""
 
-    REFRESH_S = 0.5
+    REFRESH_S, FIRST_RATE_FRAMES = 0.5, 10
 
     def __init__(self):
         self.start = self._shown_at = time.perf_counter()
@@ -285,11 +286,15 @@ class Meter:
         now = time.perf_counter()
         self.latencies.append(latency_ms(output))
         self._invokes.append(output.result.timings["invoke"])
-        if now - self._shown_at >= self.REFRESH_S or len(self.latencies) == 1:
-            n = len(self._invokes)
+        n = len(self._invokes)
+        if len(self.latencies) == 1:
+            self.label = f"{self.latencies[0]:.0f} ms  invoke {self._invokes[0]:.1f} ms"
+        elif now - self._shown_at >= self.REFRESH_S or len(self.latencies) == self.FIRST_RATE_FRAMES + 1:
             self.label = (f"{n / max(now - self._shown_at, 1e-6):.1f} FPS  {np.mean(self.latencies[-n:]):.0f} ms  "
                           f"invoke {np.mean(self._invokes):.1f} ms")
-            self._shown_at, self._invokes = now, []
+        else:
+            return
+        self._shown_at, self._invokes = now, []
 
     def summary(self, dropped):
         n, wall = len(self.latencies), time.perf_counter() - self.start

@@ -275,27 +275,29 @@ def test_cli_run_writes_every_frame_of_a_video(models, video, tmp_path, capsys):
 
 
 def test_on_screen_line_refreshes_twice_a_second_and_is_drawn_from_a_cache(monkeypatch):
-    """The FPS / latency / invoke line holds for half a second (its means over that window), and the cached stamp
-    draws what two anti-aliased putText passes (dark outline, white text) draw, within rounding, on the top rows
-    only; a frame narrower than the text gets it clipped."""
+    """The FPS / latency / invoke line holds for half a second (its means over that window; the first frame's has
+    no rate, and the first rate comes 10 frames later), and the cached stamp draws what two anti-aliased putText
+    passes (dark outline, white text) draw, within rounding, on the top rows only; a frame narrower than the text
+    gets it clipped."""
     clock = [100.0]
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
-    meter = cli.Meter()
 
-    def tick(invoke_ms, latency_ms):
+    def tick(meter, step_s, invoke_ms, latency_ms):
+        clock[0] += step_s
         result = Result(np.zeros((2, 2), np.uint8), {"invoke": invoke_ms}, None)
         meter.tick(Output(None, result, clock[0] - latency_ms / 1e3))
+        return meter.label
 
-    clock[0] += 0.125
-    tick(3.0, 20.0)
-    assert meter.label == "8.0 FPS  20 ms  invoke 3.0 ms"
-    for _ in range(3):  # 0.375 s more: the line holds
-        clock[0] += 0.125
-        tick(5.0, 40.0)
-    assert meter.label == "8.0 FPS  20 ms  invoke 3.0 ms"
-    clock[0] += 0.125
-    tick(7.0, 40.0)
-    assert meter.label == "8.0 FPS  40 ms  invoke 5.5 ms"
+    slow = cli.Meter()  # 8 frames a second: the 0.5-s refresh comes first
+    assert tick(slow, 0.125, 3.0, 20.0) == "20 ms  invoke 3.0 ms"  # 100.125 s: no rate from one frame
+    assert [tick(slow, 0.125, 5.0, 40.0) for _ in range(3)] == ["20 ms  invoke 3.0 ms"] * 3  # the line holds
+    assert tick(slow, 0.125, 7.0, 40.0) == "8.0 FPS  40 ms  invoke 5.5 ms"  # 0.5 s on: 4 frames
+    fast = cli.Meter()  # 100 frames a second: the first rate after 10 frames, then twice a second
+    tick(fast, 0.01, 3.0, 20.0)
+    lines = [tick(fast, 0.01, 3.0, 20.0) for _ in range(10)]
+    assert lines[-2:] == ["20 ms  invoke 3.0 ms", "100.0 FPS  20 ms  invoke 3.0 ms"]
+    assert len({tick(fast, 0.01, 4.0, 20.0) for _ in range(49)}) == 1
+    assert tick(fast, 0.01, 4.0, 20.0) == "100.0 FPS  20 ms  invoke 4.0 ms"
 
     text = "30.0 FPS  12 ms  invoke 3.2 ms"
     for w, h in ((640, 480), (1280, 720)):
