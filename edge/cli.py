@@ -171,8 +171,7 @@ def render(image, result, mode, segmenter, alpha):
 def draw_text(image, text):
     """Draw ``text`` at the top left, scaled to the image, white on a dark outline (readable on any scene)."""
     patch, ink, rest = _text_stamp(text, image.shape[1])
-    h, w = ink.shape[:2]
-    h, w = min(h, image.shape[0]), min(w, image.shape[1])
+    h, w = min(ink.shape[0], image.shape[0]), min(ink.shape[1], image.shape[1])  # clipped to a small frame
     roi = image[:h, :w]
     roi[:] = cv2.blendLinear(patch[:h, :w], roi, ink[:h, :w], rest[:h, :w])
 
@@ -182,7 +181,7 @@ def _text_stamp(text, width):
     """``text`` rendered once, as a colour patch and its per-pixel blend weights: the on-screen line changes twice a
     second, and anti-aliased text drawn on every frame costs 0.25 ms of a 640x480 frame's budget (Meter)."""
     scale = max(0.35, width / 1400)
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 3)
+    (tw, _), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 3)
     origin = (6, int(8 + 22 * scale))
     size = (origin[1] + base + 3, origin[0] + tw + 3)
     outline, patch = np.zeros(size, np.uint8), np.zeros((*size, 3), np.uint8)
