@@ -752,3 +752,57 @@ def test_release_file_pages_drops_clean_file_pages_and_keeps_modified_ones(tmp_p
     assert out.returncode == 0, out.stderr[-2000:]
     # the modified map keeps its 1 MB resident; the clean map gives all of its pages back
     assert 1024 <= int(out.stdout.split()[-1]) <= 1024 + 64, out.stdout
+
+
+def _cached_pages(path):
+    """How many pages of ``path`` the page cache holds (``mincore`` on a map of it that touches nothing)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+    size = os.path.getsize(path)
+    vec = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vec) == 0, ctypes.get_errno()
+        libc.munmap(ctypes.c_void_p(address), ctypes.c_size_t(size))
+    finally:
+        os.close(fd)
+    return sum(v & 1 for v in vec)
+
+
+def _cached_file(path, size=1 << 20):
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+        f.flush()
+        os.fsync(f.fileno())  # the page cache drops clean pages only
+    return path.read_bytes()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page cache control (fadvise, mincore) is Linux's")
+def test_release_file_pages_lets_the_page_cache_forget_the_released_file(tmp_path):
+    """A file read whole sits in the page cache in large folios, which a fault maps whole (docs/edge.md): after
+    ``release_file_pages(path)`` (as ``load_interpreter`` does for the model) its pages have left the cache, to come
+    back from the disk in read-around pieces, and the map still reads the same bytes."""
+    import mmap
+
+    from edge.interpreter import release_file_pages
+
+    control = tmp_path / "control.bin"
+    _cached_file(control)
+    fd = os.open(control, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    if _cached_pages(control):
+        pytest.skip(f"the file system of {tmp_path} keeps its pages cached (tmpfs): nothing to forget there")
+    blob = tmp_path / "model.bin"
+    data = _cached_file(blob)
+    with open(blob, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+        assert m[::4096] == data[::4096]  # faults every page in
+        assert _cached_pages(blob) == 256
+        release_file_pages(str(blob))
+        assert _cached_pages(blob) == 0
+        assert m[:] == data
