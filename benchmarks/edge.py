@@ -12,8 +12,8 @@ threads and 640x480 and 1280x720 frames:
 For every row ``kseg-edge bench`` prints the bare invoke rate, a plain sequential OpenCV loop (decode, segment,
 overlay, write: the peer loop), the threaded pipeline exactly as ``kseg-edge run --headless --out`` drives it, and
 the same fed live (paced at 30 FPS, latest frame only) for capture-to-output latency; with 2 threads, also the
-pipeline with two 1-thread interpreters (``--workers 2 --threads 1``). Then the peak RSS of a ``kseg-edge run``
-process on the int8 model, beside that of a process that only imports TensorFlow.
+pipeline with two 1-thread interpreters (``--workers 2 --threads 1``); and the peak RSS of ``kseg-edge run``
+processes on each model (640x480 video), beside that of a process that only imports TensorFlow.
 
 Usage:
     .venv/bin/python benchmarks/edge.py [--frames 200] [--repeats 3] [--mediapipe PATH] [--out runs/bench-edge]
@@ -96,9 +96,12 @@ def main(argv=None):
     lines += ["| model | frame | threads | invoke FPS | sequential loop (ratio) | kseg-edge pipeline (ratio) | "
               "live FPS | live latency p50 / p90 (ms) | pipeline, `--workers N --threads 1` (ratio) | "
               "its live latency p50 / p90 (ms) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    memory = {}
     for title, path, flags in models:
         out, rows = bench(path, flags, args.frames, args.repeats)
         print(out)
+        memory[title] = next((line for line in out.splitlines() if line.startswith("peak RSS of kseg-edge run")),
+                             "no peak RSS line")
         by = {(r[0], r[1], r[2]): r for r in rows}
 
         def fps(frame, threads, stage):
@@ -115,17 +118,9 @@ def main(argv=None):
                          f"{float(by[(frame, threads, 'live')][5]):.1f} | {latency(frame, threads, 'live')} | "
                          f"{fps(frame, threads, 'workers')} | {latency(frame, threads, 'wlive')} |")
 
-    video = os.path.join(args.out, "clip.avi")
-    from edge.cli import write_bench_video
-
-    write_bench_video(video, (640, 480), 300)
-    run = [sys.executable, "-m", "edge.cli", "run", zoo, "--source", video, "--headless",
-           "--out", os.path.join(args.out, "run.avi")]
-    lines += ["", f"peak RSS of `kseg-edge run` (int8 DeepLabV3+ MobileNetV2 256x256, 640x480 video, 2 threads): "
-                  f"{peak_rss_mb([*run, '--threads', '2']):.0f} MB; with `--workers 2 --threads 1`: "
-                  f"{peak_rss_mb([*run, '--threads', '1', '--workers', '2']):.0f} MB; "
-                  "of a process that only imports TensorFlow: "
-                  f"{peak_rss_mb([sys.executable, '-c', 'import tensorflow']):.0f} MB",
+    lines += ["", *(f"{title}: {memory[title]}" for title in memory),
+              f"peak RSS of a process that only imports TensorFlow: "
+              f"{peak_rss_mb([sys.executable, '-c', 'import tensorflow']):.0f} MB",
               f"load average at the end {os.getloadavg()[0]:.2f}"]
     report = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "edge.md"), "w", encoding="utf-8") as f:

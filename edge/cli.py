@@ -19,7 +19,10 @@ import contextlib
 import functools
 import logging
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 
 import cv2
@@ -301,7 +304,7 @@ class Meter:
             return "no frames processed"
         p50, p90 = np.percentile(self.latencies, [50, 90])
         return (f"{n} frames in {wall:.1f} s ({n / wall:.1f} FPS), latency p50 {p50:.1f} ms p90 {p90:.1f} ms, "
-                f"{dropped} dropped")
+                f"{dropped} dropped, peak RSS {_peak_rss_mb():.0f} MB")
 
 
 def _run(args):
@@ -376,8 +379,6 @@ def _bench(args):
     With ``--repeats R`` every measurement is taken R times in turns, each stage's ratio against the invoke rate
     measured just before it; a row gives the median FPS and median ratio (on a shared machine the speed drifts
     between seconds, and a ratio of two runs far apart measures the drift)."""
-    import tempfile
-
     print(f"model {args.model}  {args.frames} frames per measurement, {args.repeats} turn(s); ratio = FPS / bare "
           "invoke FPS of the same turn (median over turns); latency = capture to written view (live: also in "
           "intervals of its output frame rate)")
@@ -405,8 +406,35 @@ def _bench(args):
                         turns[name].append((fps, latencies, fps / invoke_fps, dropped))
                 for name, runs in turns.items():
                     _row(f"{w}x{h}", threads, name, runs)
-    print(f"peak RSS {_peak_rss_mb():.0f} MB")
+    _bench_run_memory(args)
     return 0
+
+
+def _bench_run_memory(args):
+    """Peak RSS of ``kseg-edge run --headless --out X.avi`` on the first frame size, in fresh processes (this one
+    holds every interpreter and pipeline the benchmark built), for each thread count and its ``--workers``."""
+    w, h = args.size[0]
+    flags = [args.model, *(["--edgetpu"] if args.edgetpu else []), *(["--letterbox"] if args.letterbox else []),
+             "--score-threshold", str(args.score_threshold)]
+    for name in ("labels", "interpolation", "output_kind"):
+        if getattr(args, name) is not None:
+            flags += [f"--{name.replace('_', '-')}", getattr(args, name)]
+    if isinstance(args.normalization, dict):
+        flags += ["--normalization", "/".join(",".join(map(str, args.normalization[k])) for k in ("mean", "std"))]
+    elif args.normalization is not None:
+        flags += ["--normalization", args.normalization]
+    runs = [(f"{t} thread(s)", ["--threads", str(t)]) for t in args.threads]
+    runs += [(f"--workers {t} --threads 1", ["--threads", "1", "--workers", str(t)]) for t in args.threads if t > 1]
+    peaks = []
+    with tempfile.TemporaryDirectory() as tmp:
+        video = write_bench_video(os.path.join(tmp, "bench.avi"), (w, h), args.frames)
+        for title, extra in runs:
+            cmd = [sys.executable, "-m", "edge.cli", "run", *flags, "--source", video, "--headless",
+                   "--out", os.path.join(tmp, "out.avi"), *extra]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            found = re.search(r"peak RSS (\d+) MB", done.stdout)
+            peaks.append(f"{title} {found.group(1)} MB" if found else f"{title} failed ({done.stderr.strip()[-200:]})")
+    print(f"peak RSS of kseg-edge run ({w}x{h} video, MJPG out): " + ", ".join(peaks))
 
 
 def _peak_rss_mb():
